@@ -1,0 +1,47 @@
+"""The ``imgclass`` command line. Thin: parse options, call the public API, print.
+
+Heavy libraries (numpy, scikit-learn, torch) are imported inside the commands so that
+``imgclass --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .app import app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the Typer app and turns user errors into one line and exit code 2."""
+    from ..errors import ImgclassError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        # standalone mode: Typer itself reports usage errors (exit 2) and --help; it always ends
+        # in SystemExit, and our own errors pass through to be reported below.
+        app(args=args, prog_name="imgclass")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ImgclassError as exc:
+        if debug:
+            raise
+        msg = str(exc).replace("\n", " ")
+        print(f"imgclass: error: {msg}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("imgclass: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a bug: short message unless --debug
+        if debug:
+            raise
+        print(f"imgclass: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
+              "and please report it)", file=sys.stderr)
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+__all__ = ["app", "main"]

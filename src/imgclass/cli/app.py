@@ -1,0 +1,284 @@
+"""Typer commands. Each one parses options, calls ``imgclass.api`` and prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="imgclass",
+    help="From a folder of images to a trained, evaluated image classifier.\n\n"
+         "Example: imgclass compare photos/ --methods hog+svm,lbp+rf,pixels+knn",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(data_app, name="data")
+
+TASK_HELP = "Override the inferred task: binary, multiclass, multilabel or hierarchical."
+MAX_PIXELS_HELP = "Refuse images larger than this many pixels (decompression-bomb guard)."
+JOBS_HELP = "Worker processes for decoding and features (default: all cores)."
+
+
+def _version(value: bool):
+    if value:
+        from .. import __version__
+
+        typer.echo(f"imgclass {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    """From a folder of images to a trained, evaluated image classifier."""
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _print_json(obj) -> None:
+    from .._util import dumps
+
+    typer.echo(dumps(obj))
+
+
+def _warn_skipped(skipped) -> None:
+    for path, reason in skipped[:20]:
+        _err(f"warning: skipped {path}: {reason}")
+    if len(skipped) > 20:
+        _err(f"warning: ... and {len(skipped) - 20} more unreadable images")
+
+
+def _metric_table(title: str, metrics: dict, keys=None):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if (keys is None or k in keys) and isinstance(v, (int, float)):
+            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    return t
+
+
+def _per_class_table(per_class):
+    from rich.table import Table
+
+    t = Table(title="per class", title_justify="left")
+    for c in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(c, justify="left" if c == "class" else "right")
+    for r in per_class:
+        t.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    return t
+
+
+# --------------------------------------------------------------------------- train
+@app.command(epilog="Example: imgclass train photos/ --method hog+svm --out runs/photos")
+def train(
+    data: Annotated[str, typer.Argument(help="Folder (one sub-folder per class, or train/val/test), CSV or JSONL.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Method spec, e.g. hog+svm (see 'imgclass methods').")] = "hog+svm",
+    val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the estimator.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<data>-<method>).")] = None,
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    split: Annotated[Path | None, typer.Option(help="Reuse a split.json from an earlier run.")] = None,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+):
+    """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
+    from .. import api
+
+    if out is None:
+        out = Path("runs") / f"{Path(data).stem or 'data'}-{method.replace('+', '-').replace(',', '_')}"
+    model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
+                      split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels, log=_err)
+    val = model.meta_.get("metrics", {}).get("val", {})
+    _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
+    if json_out:
+        _print_json({"run_dir": str(model.run_dir), "model": str(model.run_dir / "model"), "metrics": val})
+        return
+    con = _console()
+    con.print(f"trained [bold]{model.method}[/] on {len(model.classes_)} classes ({model.task_})")
+    if val:
+        con.print(_metric_table("validation", val))
+    con.print(f"run directory: {model.run_dir}   bundle: {model.run_dir / 'model'}")
+
+
+# --------------------------------------------------------------------------- evaluate
+@app.command(epilog="Example: imgclass evaluate runs/photos/model test_photos/ --out runs/photos/test")
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model bundle folder (runs/NAME/model).")],
+    data: Annotated[str, typer.Argument(help="Labelled folder, CSV or JSONL.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write metrics.json, predictions.csv, plots and report.html here.")] = None,
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+):
+    """Score a trained model on labelled data: accuracy, balanced accuracy, P/R/F1, top-k, confusion matrix."""
+    from .. import api
+
+    ev = api.evaluate(model, data, out=out, task=task)
+    _warn_skipped(ev.skipped)
+    if json_out:
+        _print_json(ev.to_dict())
+        return
+    con = _console()
+    con.print(_metric_table(f"{ev.title} ({ev.metrics['n']} images)",
+                            {k: v for k, v in ev.metrics.items() if k != "n"}))
+    con.print(_per_class_table(ev.metrics["per_class"]))
+    if out is not None:
+        con.print(f"report: {Path(out) / 'report.html'}")
+
+
+# --------------------------------------------------------------------------- predict
+@app.command(epilog="Example: imgclass predict runs/photos/model cat.jpg holiday/ --top-k 3")
+def predict(
+    model: Annotated[str, typer.Argument(help="Model bundle folder (runs/NAME/model).")],
+    images: Annotated[list[str], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 3,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list: per image, a list of {label, probability}.")] = False,
+):
+    """Classify images with a trained model: one line per image with the top-k classes."""
+    from .. import api
+    from ..models import load_model
+
+    m = load_model(model)
+    if jobs:
+        m.n_jobs = jobs
+    ds = api.images_dataset(images)
+    results = m.predict(ds.sources, top_k=top_k)
+    errors = dict(m.errors_)
+    if json_out:
+        _print_json([{"path": p, "predictions": None if r is None else [{"label": lab, "probability": pr} for lab, pr in r],
+                      **({"error": errors.get(p)} if r is None else {})} for p, r in zip(ds.sources, results)])
+        return
+    import os
+
+    names = [os.path.relpath(p) if not os.path.relpath(p).startswith("..") else p for p in ds.sources]
+    width = min(max(len(n) for n in names), 60)
+    for name, r, src in zip(names, results, ds.sources):
+        if r is None:
+            typer.echo(f"{name:<{width}}  ERROR: {errors.get(src, 'unreadable')}")
+        else:
+            typer.echo(f"{name:<{width}}  " + "  ".join(f"{lab} {pr * 100:.1f}%" for lab, pr in r))
+    if errors:
+        _err(f"{len(errors)} of {len(names)} images could not be read")
+
+
+# --------------------------------------------------------------------------- compare
+@app.command(epilog="Example: imgclass compare photos/ --methods hog+svm,lbp+rf,pixels+knn,hog+logreg")
+def compare(
+    data: Annotated[str, typer.Argument(help="Labelled folder, CSV or JSONL.")],
+    methods: Annotated[str, typer.Option("--methods", "-m", help="Method specs separated by commas, e.g. hog+svm,hog,color_hist+rf,pixels+knn.")] = "hog+svm,lbp+rf,pixels+knn,hog+logreg",
+    val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the estimators.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Keep split.json, leaderboard.json and every bundle here.")] = None,
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    split: Annotated[Path | None, typer.Option(help="Reuse a split.json from an earlier run.")] = None,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
+):
+    """Train several methods on the same split; print a leaderboard, best first."""
+    from .. import api
+    from ..models import split_methods
+
+    rows = api.compare(data, split_methods(methods), val_split=val_split, seed=seed, task=task,
+                       split_file=str(split) if split else None, n_jobs=jobs, out=out, log=_err)
+    if json_out:
+        _print_json([{k: v for k, v in r.items() if k != "metrics"} for r in rows])
+        return
+    from rich.table import Table
+
+    t = Table(title="leaderboard (validation)", title_justify="left")
+    for c in ("#", "method", "accuracy", "macro-F1", "fit s", "predict img/s", "size"):
+        t.add_column(c, justify="left" if c == "method" else "right")
+    for i, r in enumerate(rows, 1):
+        t.add_row(str(i), r["method"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['fit_s']:.1f}",
+                  f"{r['predict_ips']:,.0f}", _human_size(r["size_bytes"]))
+    _console().print(t)
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# --------------------------------------------------------------------------- methods
+@app.command(epilog="Example: imgclass methods")
+def methods():
+    """List method specs (FEATURES+CLASSIFIER) with a one-line description each."""
+    from ..models import list_methods
+
+    rows = list_methods()
+    width = max(len(s) for s, _ in rows)
+    for spec, desc in rows:
+        typer.echo(f"{spec:<{width}}  {desc}")
+
+
+# --------------------------------------------------------------------------- data check
+@data_app.command("check", epilog="Example: imgclass data check photos/ --json")
+def data_check(
+    data: Annotated[str, typer.Argument(help="Folder, CSV or JSONL.")],
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+):
+    """Images per class, sizes and modes, unreadable files, exact duplicates (also across splits), imbalance."""
+    from ..data import load_dataset
+    from ..data.check import check_dataset
+
+    rep = check_dataset(load_dataset(data, task=task), max_pixels=max_pixels, n_jobs=jobs)
+    if json_out:
+        _print_json(rep)
+        return
+    from rich.table import Table
+
+    con = _console()
+    con.print(f"[bold]{rep['dataset']}[/]: {rep['images']} images, task {rep['task']}, "
+              f"{len(rep['classes'])} classes" + (f", splits {', '.join(rep['per_split'])}" if rep["per_split"] else ""))
+    if rep["classes"]:
+        t = Table(title="images per class", title_justify="left")
+        t.add_column("class")
+        splits = list(rep["per_split"] or {})
+        for s in splits or ["images"]:
+            t.add_column(s, justify="right")
+        for c, n in rep["classes"].items():
+            t.add_row(c, *([str(rep["per_split"][s].get(c, 0)) for s in splits] if splits else [str(n)]))
+        con.print(t)
+    if rep["imbalance_ratio"]:
+        con.print(f"imbalance ratio (largest / smallest class): {rep['imbalance_ratio']:.2f}")
+    if rep["width"]:
+        w, h = rep["width"], rep["height"]
+        con.print(f"width  min {w['min']}  median {w['median']}  max {w['max']}\n"
+                  f"height min {h['min']}  median {h['median']}  max {h['max']}")
+    con.print("modes: " + ", ".join(f"{m} {n}" for m, n in rep["modes"].items()))
+    con.print(f"bad files: {len(rep['bad_files'])}")
+    for b in rep["bad_files"][:50]:
+        con.print(f"  [red]{b['path']}[/]: {b['reason']}", markup=True)
+    con.print(f"exact duplicates: {rep['duplicate_images']} extra copies in {len(rep['duplicates'])} groups, "
+              f"{rep['cross_split_duplicates']} groups across splits")
+    for g in rep["duplicates"][:20]:
+        flag = " [yellow](across splits)[/]" if g["cross_split"] else ""
+        flag += " [red](conflicting labels)[/]" if g["conflicting_labels"] else ""
+        con.print("  " + " = ".join(g["paths"]) + flag)

@@ -1,0 +1,146 @@
+"""The one image decoder. Every part of imgclass reads pixels through ``load_image``."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageLoadError
+
+#: Same default as Pillow's own bomb guard (89,478,485 pixels = a 0.25 GB 24-bit image).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+# Truncated files must fail loudly instead of decoding as half-grey pictures.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_file(name: str | os.PathLike) -> bool:
+    """True for a supported image extension (case-insensitive)."""
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def source_name(src: ImageSource) -> str:
+    """A printable name for an image source (its path, or a placeholder for in-memory images)."""
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    return f"<{type(src).__name__}>"
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """I;16 / I / F images: scale to 8 bits instead of clipping (Pillow's convert clips at 255)."""
+    arr = np.asarray(img)
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+        if lo >= 0.0 and hi <= 1.0:  # the usual convention for float images
+            out = arr * 255.0
+        elif hi > lo:
+            out = (arr - lo) / (hi - lo) * 255.0
+        else:
+            out = np.zeros_like(arr)
+    else:
+        arr = arr.astype(np.int64)
+        hi = int(arr.max(initial=0))
+        if img.mode.startswith("I;16") or (0 <= arr.min(initial=0) and hi <= 65535 and hi > 255):
+            out = arr / 257.0  # full 16-bit range onto 0..255
+        elif hi <= 255 and arr.min(initial=0) >= 0:
+            out = arr.astype(np.float64)
+        else:
+            lo = int(arr.min(initial=0))
+            out = (arr - lo) / max(hi - lo, 1) * 255.0
+    gray = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        return _composite_on_white(img)
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _high_depth_to_rgb(img)
+    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               draft_size: int | None = None) -> Image.Image:
+    """Decode one image into an RGB ``PIL.Image``.
+
+    ``src`` is a path, raw bytes, a PIL image or a HxW / HxWxC uint8 array. EXIF orientation is
+    applied, GIFs give their first frame, and every mode becomes RGB. ``draft_size`` lets the JPEG
+    decoder shrink by a power of two while decoding when only a small image is needed (much faster
+    on big photos).
+
+    Raises ``ImageLoadError(path, reason)`` for empty, truncated, corrupt and non-image files and
+    for images above ``max_pixels`` (a decompression-bomb guard; ``None`` disables it).
+    """
+    name = source_name(src)
+    if isinstance(src, Image.Image):
+        return to_rgb(src)
+    if isinstance(src, np.ndarray):
+        arr = src
+        if arr.dtype != np.uint8:
+            raise ImageLoadError(name, f"array dtype {arr.dtype} is not uint8; convert it first")
+        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4)):
+            return to_rgb(Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr))
+        raise ImageLoadError(name, f"array shape {arr.shape} is not HxW or HxWx{{1,3,4}}")
+    if isinstance(src, (bytes, bytearray)):
+        data = bytes(src)
+        if not data:
+            raise ImageLoadError(name, "empty data (0 bytes)")
+        fp: io.BytesIO | str = io.BytesIO(data)
+    else:
+        path = os.fspath(src)
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
+        if size == 0:
+            raise ImageLoadError(name, "empty file (0 bytes)")
+        fp = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if max_pixels is not None and max_pixels * 2 > (Image.MAX_IMAGE_PIXELS or 0):
+                Image.MAX_IMAGE_PIXELS = max_pixels * 2  # our own check below is the real guard
+            with Image.open(fp) as img:
+                w, h = img.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ImageLoadError(
+                        name, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                        "(possible decompression bomb; raise --max-pixels if you trust it)")
+                if getattr(img, "is_animated", False):
+                    img.seek(0)
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not an image Pillow can identify (corrupt or wrong format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(name, f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = "truncated file (" + reason + ")"
+        raise ImageLoadError(name, f"cannot decode: {reason}") from None

@@ -1,0 +1,48 @@
+"""Offline sample datasets written as image folders (for the demo, benchmarks and docs).
+
+``python -m imgclass.data.samples digits DEST`` writes scikit-learn's bundled 8x8 digits as
+``DEST/<digit>/<index>.png`` (1,797 grayscale PNGs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def write_digits(dest: str | os.PathLike) -> Path:
+    """Write ``sklearn.datasets.load_digits`` as a folder per class of 8x8 PNGs; skip if present."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    dest = Path(dest)
+    marker = dest / ".complete"
+    if marker.exists():
+        return dest
+    digits = load_digits()
+    for i, (img, label) in enumerate(zip(digits.images, digits.target)):
+        d = dest / str(label)
+        d.mkdir(parents=True, exist_ok=True)
+        arr = np.clip(np.rint(img * 255.0 / 16.0), 0, 255).astype(np.uint8)
+        Image.fromarray(arr, mode="L").save(d / f"{i:04d}.png")
+    marker.write_text("ok\n")
+    return dest
+
+
+SAMPLES = {"digits": write_digits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in SAMPLES:
+        print(f"usage: python -m imgclass.data.samples {{{'|'.join(SAMPLES)}}} DEST", file=sys.stderr)
+        return 2
+    print(SAMPLES[args[0]](args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""``evaluate(model, data)``: metrics, per-class table, confusion matrix plots, HTML report."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..data import ImageDataset
+from ..errors import DataError
+from ..tasks import decide, headline, metrics
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a model on a labelled dataset.
+
+    ``metrics`` holds every scalar plus ``per_class`` and (single-label) ``confusion``; ``skipped``
+    lists unreadable images as ``(path, reason)``.
+    """
+
+    task: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    items: list[str] = field(default_factory=list)
+    targets: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    title: str = "evaluation"
+
+    @property
+    def headline(self) -> dict[str, float]:
+        return headline(self.task, self.metrics)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "classes": self.classes, "metrics": self.metrics,
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+
+    # ------------------------------------------------------------------ plots
+    def confusion_figure(self, normalize: bool = False):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        cm = np.asarray(self.metrics["confusion"], dtype=np.float64)
+        if normalize:
+            cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        n = len(self.classes)
+        side = min(2.0 + 0.45 * n, 24)
+        fig, ax = plt.subplots(figsize=(side + 1.5, side))
+        im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ticks = np.arange(n)
+        short = [c.rsplit("/", 1)[-1] if n > 30 else c for c in self.classes]
+        ax.set_xticks(ticks, short, rotation=90 if n > 6 else 45, ha="right" if n <= 6 else "center", fontsize=8)
+        ax.set_yticks(ticks, short, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{self.title}: confusion matrix" + (" (row-normalised)" if normalize else " (counts)"))
+        if n <= 20:
+            thresh = cm.max() / 2 if cm.size else 0
+            for i in range(n):
+                for j in range(n):
+                    txt = f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                    ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > thresh else "black")
+        fig.tight_layout()
+        return fig
+
+    def _png(self, fig) -> bytes:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        return buf.getvalue()
+
+    def plot_confusion(self, path: str | os.PathLike, normalize: bool = False) -> Path:
+        if "confusion" not in self.metrics:
+            raise DataError("a confusion matrix needs single-label data")
+        atomic_write_bytes(path, self._png(self.confusion_figure(normalize)))
+        return Path(path)
+
+    # ------------------------------------------------------------------ files
+    def write_predictions(self, path: str | os.PathLike) -> None:
+        if self.probabilities is None:
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "true", "predicted", "probability"] + list(self.classes))
+        pred = decide(self.task, self.probabilities)
+        for i, p in enumerate(self.items):
+            if self.task == "multilabel":
+                truth = "|".join(self.classes[j] for j in np.flatnonzero(self.targets[i]))
+                guess = "|".join(self.classes[j] for j in np.flatnonzero(pred[i]))
+                prob = ""
+            else:
+                truth, guess = self.classes[self.targets[i]], self.classes[pred[i]]
+                prob = f"{self.probabilities[i, pred[i]]:.4f}"
+            w.writerow([p, truth, guess, prob] + [f"{v:.4f}" for v in self.probabilities[i]])
+        atomic_write_text(path, buf.getvalue())
+
+    def write(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """Write ``metrics.json``, ``predictions.csv``, confusion PNGs and ``report.html`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = {"metrics": folder / "metrics.json", "predictions": folder / "predictions.csv",
+               "report": folder / "report.html"}
+        atomic_write_json(out["metrics"], self.to_dict())
+        self.write_predictions(out["predictions"])
+        if "confusion" in self.metrics:
+            plots = folder / "plots"
+            plots.mkdir(exist_ok=True)
+            out["confusion"] = self.plot_confusion(plots / "confusion.png")
+            out["confusion_normalized"] = self.plot_confusion(plots / "confusion_normalized.png", normalize=True)
+        self.to_html(out["report"])
+        return out
+
+    def to_html(self, path: str | os.PathLike | None = None) -> str:
+        """A self-contained HTML report (plots inlined as base64 PNG). Written atomically if ``path``."""
+        e = html.escape
+        parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(self.title)}</title>",
+                 "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+                 "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+                 "img{max-width:100%}.bad{color:#a00}</style></head><body>",
+                 f"<h1>{e(self.title)}</h1>", f"<p>task: <b>{e(self.task)}</b> · {len(self.classes)} classes · "
+                 f"{self.metrics.get('n', 0)} images evaluated · {len(self.skipped)} skipped</p>",
+                 "<h2>Summary</h2><table>"]
+        for k, v in self.metrics.items():
+            if isinstance(v, (int, float)):
+                parts.append(f"<tr><td>{e(k)}</td><td>{v:.4f}</td></tr>" if isinstance(v, float)
+                             else f"<tr><td>{e(k)}</td><td>{v}</td></tr>")
+        parts.append("</table><h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
+                     "<th>F1</th><th>support</th></tr>")
+        for row in self.metrics.get("per_class", []):
+            parts.append(f"<tr><td>{e(row['class'])}</td><td>{row['precision']:.3f}</td><td>{row['recall']:.3f}"
+                         f"</td><td>{row['f1']:.3f}</td><td>{row['support']}</td></tr>")
+        parts.append("</table>")
+        if "confusion" in self.metrics:
+            for norm in (False, True):
+                b64 = base64.b64encode(self._png(self.confusion_figure(norm))).decode()
+                parts.append(f"<h2>Confusion matrix{' (normalised)' if norm else ''}</h2>"
+                             f"<img alt='confusion matrix' src='data:image/png;base64,{b64}'>")
+        parts.append(f"<h2>Skipped files ({len(self.skipped)})</h2>")
+        if self.skipped:
+            parts.append("<table><tr><th>file</th><th>reason</th></tr>")
+            parts += [f"<tr><td>{e(p)}</td><td class='bad'>{e(r)}</td></tr>" for p, r in self.skipped]
+            parts.append("</table>")
+        else:
+            parts.append("<p>none</p>")
+        parts.append("</body></html>")
+        doc = "\n".join(parts)
+        if path is not None:
+            atomic_write_text(path, doc)
+        return doc
+
+
+def evaluate_probabilities(task: str, classes: list[str], targets: np.ndarray, P: np.ndarray,
+                           items: list[str] | None = None, skipped=None, thresholds=None,
+                           title: str = "evaluation") -> Evaluation:
+    """Build an ``Evaluation`` from probabilities already computed (NaN rows = unreadable, dropped)."""
+    ok = ~np.isnan(P).any(axis=1)
+    if targets.ndim == 1:
+        ok &= targets >= 0
+    if not ok.any():
+        raise DataError("no readable labelled images to evaluate")
+    items = items or [str(i) for i in range(len(P))]
+    m = metrics(task, targets[ok], P[ok], classes, thresholds)
+    return Evaluation(task=task, classes=list(classes), metrics=m, items=[items[i] for i in np.flatnonzero(ok)],
+                      targets=targets[ok], probabilities=P[ok], skipped=list(skipped or []), title=title)
+
+
+def evaluate(model, data: ImageDataset, title: str | None = None) -> Evaluation:
+    """Score ``model`` on the labelled dataset ``data``; unreadable images are skipped and listed."""
+    if not data.is_labelled:
+        raise DataError(f"{data.name}: has no labels; evaluation needs a labelled folder, CSV or JSONL")
+    missing = [c for c in data.classes if c not in model.classes_]
+    if missing:
+        raise DataError(f"{data.name}: classes {missing[:5]} are unknown to the model "
+                        f"(it knows {', '.join(model.classes_[:10])}); evaluate on data with the model's classes")
+    # re-index targets onto the model's class order
+    pos = np.array([model.classes_.index(c) for c in data.classes])
+    if data.targets.ndim == 2:
+        targets = np.zeros((len(data), len(model.classes_)), dtype=np.uint8)
+        targets[:, pos] = data.targets
+    else:
+        targets = np.where(data.targets >= 0, pos[np.maximum(data.targets, 0)], -1)
+    P = model.predict_proba(data)
+    return evaluate_probabilities(model.task_, model.classes_, targets, P,
+                                  items=[data.relpath(i) for i in range(len(data))], skipped=model.errors_,
+                                  thresholds=(model.meta_.get("thresholds") or None),
+                                  title=title or f"{model.method} on {data.name}")

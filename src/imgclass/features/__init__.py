@@ -1,0 +1,176 @@
+"""Feature extraction: classical extractors, their combination, and parallel extraction from files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._util import progress_bar
+from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image, source_name
+from ..errors import ConfigError, ImageLoadError
+from ..transforms import Preprocess
+from .classical import EXTRACTORS, FeatureExtractor
+
+
+class Concat(FeatureExtractor):
+    """Several extractors side by side (``hog,color_hist``): their rows are concatenated."""
+
+    name = "concat"
+
+    def __init__(self, parts: Sequence[FeatureExtractor]):
+        self.parts = list(parts)
+        self._params = {}
+        self.size = max(p.size for p in self.parts)
+
+    @property
+    def needs_fit(self) -> bool:  # type: ignore[override]
+        return any(p.needs_fit for p in self.parts)
+
+    @property
+    def is_fitted(self) -> bool:
+        return all(p.is_fitted for p in self.parts)
+
+    def fit(self, images):
+        for p in self.parts:
+            if p.needs_fit:
+                p.fit(images)
+        return self
+
+    def transform(self, images):
+        return np.hstack([p.transform(images) for p in self.parts]).astype(np.float32)
+
+    def get_state(self):
+        return {f"{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.get_state().items()}
+
+    def set_state(self, state):
+        for i, p in enumerate(self.parts):
+            p.set_state({k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)})
+
+    def __repr__(self):
+        return " + ".join(repr(p) for p in self.parts)
+
+
+def make_extractor(names: str | Sequence[str], params: dict[str, dict[str, Any]] | None = None) -> FeatureExtractor:
+    """Build an extractor from names (``"hog,color_hist"``) and optional per-name parameters."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    params = params or {}
+    parts = []
+    for n in names:
+        if n not in EXTRACTORS:
+            raise ConfigError(f"unknown features {n!r}; choose from {', '.join(EXTRACTORS)} "
+                              "(see 'imgclass methods')")
+        try:
+            parts.append(EXTRACTORS[n](**params.get(n, {})))
+        except TypeError as exc:
+            raise ConfigError(f"features {n}: bad parameters {params.get(n)} ({exc})") from None
+    if not parts:
+        raise ConfigError("no feature extractor named; use e.g. 'hog' or 'hog,color_hist'")
+    return parts[0] if len(parts) == 1 else Concat(parts)
+
+
+def extractor_names(ex: FeatureExtractor) -> list[str]:
+    return [p.name for p in ex.parts] if isinstance(ex, Concat) else [ex.name]
+
+
+def extractor_params(ex: FeatureExtractor) -> dict[str, dict[str, Any]]:
+    parts = ex.parts if isinstance(ex, Concat) else [ex]
+    return {p.name: p.get_params() for p in parts}
+
+
+@dataclass
+class Features:
+    """The result of extracting features from a list of sources.
+
+    ``X`` holds one row per *readable* image; ``ok`` marks which input positions those are;
+    ``errors`` lists ``(source, reason)`` for the skipped ones.
+    """
+
+    X: np.ndarray
+    ok: np.ndarray
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_arrays(sources: Sequence[ImageSource], preprocess: Preprocess, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Decode and pre-process; returns (arrays, ok mask, errors) without raising on bad files."""
+    arrays, ok, errors = [], np.zeros(len(sources), dtype=bool), []
+    draft = None
+    if isinstance(preprocess.size, int):
+        draft = preprocess.size
+    elif preprocess.size is not None:
+        draft = max(preprocess.size)
+    for i, src in enumerate(sources):
+        try:
+            img = load_image(src, max_pixels=max_pixels, draft_size=draft)
+            arrays.append(preprocess.to_array(img))
+            ok[i] = True
+        except ImageLoadError as exc:
+            errors.append((exc.path, exc.reason))
+    return arrays, ok, errors
+
+
+def _chunk_worker(extractor: FeatureExtractor, preprocess: Preprocess, sources: Sequence[ImageSource],
+                  max_pixels: int | None):
+    try:  # one thread per worker: the workers are the parallelism
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover - cv2 always present, but never fail a worker on it
+        pass
+    arrays, ok, errors = load_arrays(sources, preprocess, max_pixels)
+    X = extractor.transform(arrays) if arrays else None
+    return len(sources), (X, ok, errors)
+
+
+def default_jobs() -> int:
+    return int(os.environ.get("IMGCLASS_JOBS", "0")) or (os.cpu_count() or 1)
+
+
+def extract_features(extractor: FeatureExtractor, sources: Sequence[ImageSource], preprocess: Preprocess,
+                     n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     description: str = "features") -> Features:
+    """Decode, pre-process and extract features for every source, on all cores, with a progress bar.
+
+    Small inputs (< 64 images) run in this process: starting worker processes would cost more.
+    """
+    n = len(sources)
+    n_jobs = n_jobs or default_jobs()
+    results = []
+    with progress_bar(n, description) as bar:
+        if n_jobs == 1 or n < 64:
+            step = 32
+            for s in range(0, n, step):
+                k, res = _chunk_worker(extractor, preprocess, sources[s:s + step], max_pixels)
+                results.append(res)
+                bar.advance(k)
+        else:
+            from joblib import Parallel, delayed
+
+            chunk = int(min(256, max(16, n // (n_jobs * 8))))
+            chunks = [sources[s:s + chunk] for s in range(0, n, chunk)]
+            par = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=1)
+            for k, res in par(delayed(_chunk_worker)(extractor, preprocess, c, max_pixels) for c in chunks):
+                results.append(res)
+                bar.advance(k)
+    blocks = [r[0] for r in results if r[0] is not None]
+    ok = np.concatenate([r[1] for r in results]) if results else np.zeros(0, bool)
+    errors = [e for r in results for e in r[2]]
+    X = np.vstack(blocks).astype(np.float32) if blocks else np.zeros((0, 0), np.float32)
+    return Features(X=X, ok=ok, errors=errors)
+
+
+def sample_arrays(sources: Sequence[ImageSource], preprocess: Preprocess, n: int, seed: int = 0,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
+    """Decode a seeded random sample of at most ``n`` images (for fitting codebooks)."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(sources), min(n, len(sources)), replace=False))
+    arrays, _, _ = load_arrays([sources[i] for i in idx], preprocess, max_pixels)
+    return arrays
+
+
+__all__ = ["EXTRACTORS", "Concat", "FeatureExtractor", "Features", "extract_features", "extractor_names",
+           "extractor_params", "load_arrays", "make_extractor", "sample_arrays", "source_name"]

@@ -1,0 +1,21 @@
+"""Estimators behind one API, method specs and the model bundle."""
+
+from .bundle import FORMAT_VERSION, load_model, read_meta, save_bundle
+from .classical import CLASSIFIERS, FeaturePipeline, make_classifier, rank
+from .spec import MethodSpec, list_methods, parse_spec, split_methods
+
+
+def build_model(method: str, seed: int = 0, n_jobs: int | None = None, preprocess=None,
+                max_pixels: int | None = None):
+    """An unfitted estimator for a method spec (``hog+svm``, ``hog,color_hist+logreg``)."""
+    from ..data.decode import DEFAULT_MAX_PIXELS
+    from ..features import make_extractor
+
+    spec = parse_spec(method)
+    extractor = make_extractor(list(spec.features))
+    return FeaturePipeline(extractor, spec.classifier, preprocess=preprocess, seed=seed, n_jobs=n_jobs,
+                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS, method=spec.text)
+
+
+__all__ = ["CLASSIFIERS", "FORMAT_VERSION", "FeaturePipeline", "MethodSpec", "build_model", "list_methods",
+           "load_model", "make_classifier", "parse_spec", "rank", "read_meta", "save_bundle", "split_methods"]

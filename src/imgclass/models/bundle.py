@@ -1,0 +1,139 @@
+"""The model bundle: ``model.json`` + ``estimator.skops`` (classical) or ``weights.safetensors`` (deep).
+
+Loading never unpickles and never runs code from the bundle: skops refuses types outside an allow
+list, and a newer format version is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from .._util import atomic_dir, dumps
+from ..errors import ModelFormatError
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+ESTIMATOR_FILE = "estimator.skops"
+#: Module prefixes whose types may appear in an estimator.skops beyond skops' own defaults.
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.", "collections.OrderedDict")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("imgclass", "numpy", "scikit-learn", "scikit-image", "opencv-python-headless", "pillow", "skops"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save_bundle(model, path: str | os.PathLike, metrics: dict[str, Any] | None = None,
+                data_fingerprint: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to the bundle folder ``path`` atomically (old bundle replaced in one rename)."""
+    import skops.io as sio
+
+    from ..features import extractor_names  # noqa: F401  (keeps import graph explicit)
+
+    if model.classifier_ is None:
+        raise ModelFormatError("cannot save an unfitted model; train it first")
+    path = Path(path)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": model.kind,
+        "method": model.method,
+        "task": model.task_,
+        "classes": list(model.classes_),
+        "taxonomy": model.taxonomy_,
+        "preprocessing": model.preprocess.to_dict(),
+        **model.config(),
+        "thresholds": model.meta_.get("thresholds"),
+        "calibration": model.meta_.get("calibration"),
+        "metrics": metrics if metrics is not None else model.meta_.get("metrics", {}),
+        "data_fingerprint": data_fingerprint or model.meta_.get("data_fingerprint"),
+        "seed": model.seed,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+    with atomic_dir(path) as tmp:
+        payload = {"classifier": model.classifier_, "extractor_state": model.extractor.get_state()}
+        sio.dump(payload, tmp / ESTIMATOR_FILE)
+        (tmp / MODEL_JSON).write_text(dumps(meta) + "\n", encoding="utf-8")
+    model.meta_.update({k: meta[k] for k in ("metrics", "data_fingerprint")})
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``model.json`` of a bundle folder."""
+    p = Path(path)
+    mj = p / MODEL_JSON if p.is_dir() else p
+    if not mj.exists():
+        raise ModelFormatError(f"{p}: not a model bundle (no {MODEL_JSON}); pass the folder written by "
+                               "'imgclass train' (runs/NAME/model)")
+    try:
+        meta = json.loads(mj.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{mj}: unreadable ({exc}); the bundle is damaged, retrain or re-copy it") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ModelFormatError(f"{mj}: no format_version; not an imgclass bundle")
+    if version > FORMAT_VERSION:
+        raise ModelFormatError(f"{mj}: bundle format {version} is newer than this imgclass understands "
+                               f"({FORMAT_VERSION}); upgrade imgclass (pip install -U imgclass)")
+    return meta
+
+
+def load_model(path: str | os.PathLike):
+    """Load a bundle folder into a ready-to-predict model."""
+    meta = read_meta(path)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    kind = meta.get("kind")
+    if kind == "feature_pipeline":
+        return _load_feature_pipeline(folder, meta)
+    raise ModelFormatError(f"{folder}: unknown model kind {kind!r}; upgrade imgclass")
+
+
+def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
+    import skops.io as sio
+
+    from ..features import make_extractor
+    from ..transforms import Preprocess
+    from .classical import FeaturePipeline
+
+    est = folder / ESTIMATOR_FILE
+    if not est.exists():
+        raise ModelFormatError(f"{folder}: {ESTIMATOR_FILE} is missing; the bundle is incomplete")
+    try:
+        untrusted = sio.get_untrusted_types(file=est)
+    except Exception as exc:
+        raise ModelFormatError(f"{est}: not a valid skops file ({exc}); the bundle is damaged") from None
+    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+    if refused:
+        raise ModelFormatError(f"{est}: holds untrusted types {refused[:5]}; refusing to load it. Only "
+                               "load bundles from people you trust, and retrain instead")
+    try:
+        payload = sio.load(est, trusted=untrusted)
+    except Exception as exc:
+        raise ModelFormatError(f"{est}: cannot load ({exc}); the bundle is damaged or from another version") from None
+    try:
+        extractor = make_extractor(meta["features"], meta.get("feature_params"))
+        extractor.set_state(payload.get("extractor_state", {}))
+        model = FeaturePipeline(extractor, meta["classifier"], Preprocess.from_dict(meta.get("preprocessing")),
+                                seed=meta.get("seed", 0), method=meta.get("method"))
+    except (KeyError, TypeError) as exc:
+        raise ModelFormatError(f"{folder / MODEL_JSON}: missing or bad field {exc}") from None
+    model.classifier_ = payload["classifier"]
+    model.classes_ = list(meta["classes"])
+    model.task_ = meta.get("task", "multiclass")
+    model.taxonomy_ = meta.get("taxonomy")
+    model.meta_ = {k: meta.get(k) for k in ("thresholds", "calibration", "metrics", "data_fingerprint")}
+    model.meta_["bundle"] = str(folder)
+    return model
