@@ -16,9 +16,16 @@ from .evaluation import Evaluation
 from .evaluation import evaluate as _evaluate
 from .models import load_model
 from .training import RunDir, fit_model
+from .transforms import Preprocess
 
 __all__ = ["compare", "evaluate", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
            "train"]
+
+
+def _as_preprocess(pre: Preprocess | dict | None) -> Preprocess | None:
+    if pre is None or isinstance(pre, Preprocess):
+        return pre
+    return Preprocess.from_dict(pre)
 
 
 def _as_dataset(data: ImageDataset | str | os.PathLike, task: str | None = None, **kw) -> ImageDataset:
@@ -39,14 +46,19 @@ def prepare_split(ds: ImageDataset, val_split: float = 0.2, seed: int = 0, split
 def train(data: ImageDataset | str | os.PathLike, method: str = "hog+svm", val: ImageDataset | None = None, *,
           val_split: float = 0.2, seed: int = 0, out: str | os.PathLike | None = None, task: str | None = None,
           split_file: str | None = None, n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-          log: Callable[[str], Any] = lambda m: None):
+          preprocess: Preprocess | dict | None = None, log: Callable[[str], Any] = lambda m: None):
     """Train ``method`` on ``data``. With ``out`` the whole run directory is written.
 
     ``data`` is a dataset or a path. When ``val`` is not given, a seeded stratified split of ``data``
     (or its pre-split folders, or ``split_file``) provides it. Returns the fitted model; its
-    ``run_dir`` attribute points at the run folder when ``out`` was given.
+    ``run_dir`` attribute points at the run folder when ``out`` was given. ``preprocess`` (a
+    ``Preprocess`` or its dict form) overrides the method's default pre-processing.
     """
+    from .models import parse_spec
+
+    parse_spec(method)  # a bad --method fails before anything is written
     ds = _as_dataset(data, task)
+    preprocess = _as_preprocess(preprocess)
     if val is None:
         idx, train_ds, val_ds = prepare_split(ds, val_split, seed, split_file)
     else:
@@ -56,12 +68,13 @@ def train(data: ImageDataset | str | os.PathLike, method: str = "hog+svm", val: 
         run = RunDir.create(out)
         run.write_config({"data": str(data) if not isinstance(data, ImageDataset) else data.name, "method": method,
                           "task": ds.task, "val_split": val_split, "seed": seed, "split_file": split_file,
-                          "max_pixels": max_pixels, "n_jobs": n_jobs, "platform": platform.platform()})
+                          "max_pixels": max_pixels, "n_jobs": n_jobs,
+                          "preprocess": preprocess.to_dict() if preprocess else None, "platform": platform.platform()})
         if idx is not None:
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         run.log(f"train {method} on {len(train_ds)} images, validate on {len(val_ds)}")
     model, P = fit_model(train_ds, method, val=val_ds if len(val_ds) else None, seed=seed, n_jobs=n_jobs,
-                         max_pixels=max_pixels, log=log)
+                         max_pixels=max_pixels, preprocess=preprocess, log=log)
     model.run_dir = run.path if run else None
     if run is not None:
         ev = None
@@ -81,22 +94,30 @@ def train(data: ImageDataset | str | os.PathLike, method: str = "hog+svm", val: 
     return model
 
 
-def predict_proba(model, images: Sequence[ImageSource] | ImageDataset) -> np.ndarray:
+def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = None):
+    """A model object, or the bundle at a path loaded; optionally set its image limit and workers."""
+    model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    if max_pixels is not None:
+        model.max_pixels = max_pixels
+    if n_jobs is not None:
+        model.n_jobs = n_jobs
+    return model
+
+
+def predict_proba(model, images: Sequence[ImageSource] | ImageDataset, max_pixels: int | None = None) -> np.ndarray:
     """Class probabilities, one row per image (NaN rows for unreadable images)."""
-    model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    return model.predict_proba(images)
+    return resolve_model(model, max_pixels).predict_proba(images)
 
 
-def predict(model, images: Sequence[ImageSource] | ImageDataset, top_k: int = 1):
+def predict(model, images: Sequence[ImageSource] | ImageDataset, top_k: int = 1, max_pixels: int | None = None):
     """Top-k ``(label, probability)`` lists, best first; ``None`` for unreadable images."""
-    model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    return model.predict(images, top_k=top_k)
+    return resolve_model(model, max_pixels).predict(images, top_k=top_k)
 
 
 def evaluate(model, data: ImageDataset | str | os.PathLike, out: str | os.PathLike | None = None,
-             task: str | None = None) -> Evaluation:
+             task: str | None = None, max_pixels: int | None = None, n_jobs: int | None = None) -> Evaluation:
     """Evaluate a model (object or bundle path) on labelled data; with ``out`` write the report files."""
-    model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    model = resolve_model(model, max_pixels, n_jobs)
     ds = _as_dataset(data, task)
     ev = _evaluate(model, ds)
     if out is not None:
@@ -106,7 +127,8 @@ def evaluate(model, data: ImageDataset | str | os.PathLike, out: str | os.PathLi
 
 def compare(data: ImageDataset | str | os.PathLike, methods: Sequence[str], *, val_split: float = 0.2,
             seed: int = 0, task: str | None = None, split_file: str | None = None, n_jobs: int | None = None,
-            out: str | os.PathLike | None = None, log: Callable[[str], Any] = lambda m: None) -> list[dict[str, Any]]:
+            out: str | os.PathLike | None = None, preprocess: Preprocess | dict | None = None,
+            log: Callable[[str], Any] = lambda m: None) -> list[dict[str, Any]]:
     """Train and score several methods on the same split; returns leaderboard rows, best first."""
     from .evaluation import compare as _compare
 
@@ -121,7 +143,8 @@ def compare(data: ImageDataset | str | os.PathLike, methods: Sequence[str], *, v
         run = RunDir.create(out)
         ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         save_dir = run.path / "models"
-    rows = _compare(train_ds, val_ds, methods, seed=seed, n_jobs=n_jobs, save_dir=save_dir, log=log)
+    rows = _compare(train_ds, val_ds, methods, seed=seed, n_jobs=n_jobs, save_dir=save_dir,
+                    preprocess=_as_preprocess(preprocess), log=log)
     if out is not None:
         from ._util import atomic_write_json
 

@@ -17,12 +17,27 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True, rich_markup_mode=None)
+data_app = typer.Typer(help="Inspect datasets.", epilog="Example: imgclass data check photos/",
+                       no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 TASK_HELP = "Override the inferred task: binary, multiclass, multilabel or hierarchical."
 MAX_PIXELS_HELP = "Refuse images larger than this many pixels (decompression-bomb guard)."
 JOBS_HELP = "Worker processes for decoding and features (default: all cores)."
+
+SizeOpt = Annotated[int | None, typer.Option("--size", help="Resize images to SIZE x SIZE first (default: the features' own size).", rich_help_panel="Pre-processing")]
+ResizeOpt = Annotated[str, typer.Option("--resize", help="How to reach --size: squash, pad (letterbox) or crop (centre).", rich_help_panel="Pre-processing")]
+GrayOpt = Annotated[bool, typer.Option("--grayscale", help="Drop colour.", rich_help_panel="Pre-processing")]
+DenoiseOpt = Annotated[str, typer.Option("--denoise", help="none, gaussian, median or wiener.", rich_help_panel="Pre-processing")]
+EqualizeOpt = Annotated[str, typer.Option("--equalize", help="none, hist (global) or clahe (adaptive).", rich_help_panel="Pre-processing")]
+
+
+def _preprocess(size, resize, grayscale, denoise, equalize):
+    """The Preprocess dict from the CLI flags, or None when every flag is at its default."""
+    pre = {"size": size, "resize": resize, "grayscale": grayscale, "denoise": denoise, "equalize": equalize}
+    if pre == {"size": None, "resize": "squash", "grayscale": False, "denoise": "none", "equalize": "none"}:
+        return None
+    return pre
 
 
 def _version(value: bool):
@@ -91,7 +106,7 @@ def _per_class_table(per_class):
 # --------------------------------------------------------------------------- train
 @app.command(epilog="Example: imgclass train photos/ --method hog+svm --out runs/photos")
 def train(
-    data: Annotated[str, typer.Argument(help="Folder (one sub-folder per class, or train/val/test), CSV or JSONL.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Folder (one sub-folder per class, or train/val/test), CSV or JSONL.")],
     method: Annotated[str, typer.Option("--method", "-m", help="Method spec, e.g. hog+svm (see 'imgclass methods').")] = "hog+svm",
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the split and the estimator.")] = 0,
@@ -101,6 +116,8 @@ def train(
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    size: SizeOpt = None, resize: ResizeOpt = "squash", grayscale: GrayOpt = False, denoise: DenoiseOpt = "none",
+    equalize: EqualizeOpt = "none",
 ):
     """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
     from .. import api
@@ -108,7 +125,8 @@ def train(
     if out is None:
         out = Path("runs") / f"{Path(data).stem or 'data'}-{method.replace('+', '-').replace(',', '_')}"
     model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
-                      split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels, log=_err)
+                      split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
+                      preprocess=_preprocess(size, resize, grayscale, denoise, equalize), log=_err)
     val = model.meta_.get("metrics", {}).get("val", {})
     _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
     if json_out:
@@ -124,16 +142,18 @@ def train(
 # --------------------------------------------------------------------------- evaluate
 @app.command(epilog="Example: imgclass evaluate runs/photos/model test_photos/ --out runs/photos/test")
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model bundle folder (runs/NAME/model).")],
-    data: Annotated[str, typer.Argument(help="Labelled folder, CSV or JSONL.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model bundle folder (runs/NAME/model).")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Labelled folder, CSV or JSONL.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write metrics.json, predictions.csv, plots and report.html here.")] = None,
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
 ):
     """Score a trained model on labelled data: accuracy, balanced accuracy, P/R/F1, top-k, confusion matrix."""
     from .. import api
 
-    ev = api.evaluate(model, data, out=out, task=task)
+    ev = api.evaluate(model, data, out=out, task=task, max_pixels=max_pixels, n_jobs=jobs)
     _warn_skipped(ev.skipped)
     if json_out:
         _print_json(ev.to_dict())
@@ -149,19 +169,16 @@ def evaluate(
 # --------------------------------------------------------------------------- predict
 @app.command(epilog="Example: imgclass predict runs/photos/model cat.jpg holiday/ --top-k 3")
 def predict(
-    model: Annotated[str, typer.Argument(help="Model bundle folder (runs/NAME/model).")],
-    images: Annotated[list[str], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model bundle folder (runs/NAME/model).")],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files and/or folders (searched recursively).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 3,
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list: per image, a list of {label, probability}.")] = False,
 ):
     """Classify images with a trained model: one line per image with the top-k classes."""
     from .. import api
-    from ..models import load_model
-
-    m = load_model(model)
-    if jobs:
-        m.n_jobs = jobs
+    m = api.resolve_model(model, max_pixels=max_pixels, n_jobs=jobs)
     ds = api.images_dataset(images)
     results = m.predict(ds.sources, top_k=top_k)
     errors = dict(m.errors_)
@@ -185,7 +202,7 @@ def predict(
 # --------------------------------------------------------------------------- compare
 @app.command(epilog="Example: imgclass compare photos/ --methods hog+svm,lbp+rf,pixels+knn,hog+logreg")
 def compare(
-    data: Annotated[str, typer.Argument(help="Labelled folder, CSV or JSONL.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Labelled folder, CSV or JSONL.")],
     methods: Annotated[str, typer.Option("--methods", "-m", help="Method specs separated by commas, e.g. hog+svm,hog,color_hist+rf,pixels+knn.")] = "hog+svm,lbp+rf,pixels+knn,hog+logreg",
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the split and the estimators.")] = 0,
@@ -194,13 +211,16 @@ def compare(
     split: Annotated[Path | None, typer.Option(help="Reuse a split.json from an earlier run.")] = None,
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
+    size: SizeOpt = None, resize: ResizeOpt = "squash", grayscale: GrayOpt = False, denoise: DenoiseOpt = "none",
+    equalize: EqualizeOpt = "none",
 ):
     """Train several methods on the same split; print a leaderboard, best first."""
     from .. import api
     from ..models import split_methods
 
     rows = api.compare(data, split_methods(methods), val_split=val_split, seed=seed, task=task,
-                       split_file=str(split) if split else None, n_jobs=jobs, out=out, log=_err)
+                       split_file=str(split) if split else None, n_jobs=jobs, out=out,
+                       preprocess=_preprocess(size, resize, grayscale, denoise, equalize), log=_err)
     if json_out:
         _print_json([{k: v for k, v in r.items() if k != "metrics"} for r in rows])
         return
@@ -238,7 +258,7 @@ def methods():
 # --------------------------------------------------------------------------- data check
 @data_app.command("check", epilog="Example: imgclass data check photos/ --json")
 def data_check(
-    data: Annotated[str, typer.Argument(help="Folder, CSV or JSONL.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Folder, CSV or JSONL.")],
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def source_name(src: ImageSource) -> str:
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
+        img = img.convert("LA" if img.mode == "La" else "RGBA")
     rgba = img.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
@@ -79,6 +82,46 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _open(fp):
+    """``Image.open`` with Pillow's own bomb guard reduced to a warning we ignore: ``load_image`` applies
+    its configurable limit itself. Only when Pillow refuses outright (> 2x its global limit) and the
+    caller allowed more is the global lifted, briefly and under a lock, then restored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(fp)
+        except Image.DecompressionBombError:
+            if hasattr(fp, "seek"):
+                fp.seek(0)
+            with _PIL_LIMIT_LOCK:
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    return Image.open(fp)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode(fp, name: str, max_pixels: int | None, draft_size: int | None) -> Image.Image:
+    with _open(fp) as img:
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageLoadError(
+                name, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                "(possible decompression bomb; raise --max-pixels if you trust it)")
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+
+
 def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                draft_size: int | None = None) -> Image.Image:
     """Decode one image into an RGB ``PIL.Image``.
@@ -93,7 +136,10 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     name = source_name(src)
     if isinstance(src, Image.Image):
-        return to_rgb(src)
+        try:
+            return to_rgb(src)
+        except (ValueError, OSError) as exc:
+            raise ImageLoadError(name, f"cannot convert mode {src.mode} to RGB ({exc})") from None
     if isinstance(src, np.ndarray):
         arr = src
         if arr.dtype != np.uint8:
@@ -116,23 +162,7 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             raise ImageLoadError(name, "empty file (0 bytes)")
         fp = path
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if max_pixels is not None and max_pixels * 2 > (Image.MAX_IMAGE_PIXELS or 0):
-                Image.MAX_IMAGE_PIXELS = max_pixels * 2  # our own check below is the real guard
-            with Image.open(fp) as img:
-                w, h = img.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageLoadError(
-                        name, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
-                        "(possible decompression bomb; raise --max-pixels if you trust it)")
-                if getattr(img, "is_animated", False):
-                    img.seek(0)
-                if draft_size and img.format == "JPEG":
-                    img.draft("RGB", (draft_size, draft_size))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+        return _decode(fp, name, max_pixels, draft_size)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

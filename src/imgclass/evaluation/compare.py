@@ -24,7 +24,7 @@ def _dir_size(path: Path) -> int:
 
 def compare(train: ImageDataset, val: ImageDataset, methods: Sequence[str], seed: int = 0,
             n_jobs: int | None = None, speed_sample: int = 256, save_dir: str | Path | None = None,
-            log: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+            preprocess=None, log: Callable[[str], Any] = print) -> list[dict[str, Any]]:
     """Fit every method on ``train``, score it on ``val``; rows sorted best first.
 
     Each row: method, accuracy (or micro-F1 for multilabel), macro_f1, fit_s (feature extraction +
@@ -40,7 +40,7 @@ def compare(train: ImageDataset, val: ImageDataset, methods: Sequence[str], seed
     cache: dict[tuple, tuple] = {}
     rows = []
     for spec in specs:
-        model = build_model(spec.text, seed=seed, n_jobs=n_jobs)
+        model = build_model(spec.text, seed=seed, n_jobs=n_jobs, preprocess=preprocess)
         model.classes_, model.task_, model.taxonomy_ = list(train.classes), train.task, train.taxonomy
         key = (spec.features, repr(model.preprocess.to_dict()))
         if key not in cache or model.extractor.needs_fit:

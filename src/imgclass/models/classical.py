@@ -68,7 +68,9 @@ def _tree(seed):
 def _rf(seed):
     from sklearn.ensemble import RandomForestClassifier
 
-    return RandomForestClassifier(n_estimators=300, max_features="sqrt", n_jobs=-1, random_state=seed)
+    # min_samples_leaf=2 halves the bundle size of fully grown trees at no measurable accuracy cost
+    return RandomForestClassifier(n_estimators=200, min_samples_leaf=2, max_features="sqrt", n_jobs=-1,
+                                  random_state=seed)
 
 
 def _mlp(seed):
@@ -85,7 +87,7 @@ CLASSIFIERS: dict[str, tuple[Callable[[int], Any], str]] = {
     "linsvm": (_linsvm, "linear SVM (C=0.01) with sigmoid-calibrated probabilities"),
     "svm": (_svm, "RBF-kernel SVM (C=10, gamma=scale) with sigmoid-calibrated probabilities"),
     "tree": (_tree, "decision tree (min 3 samples per leaf)"),
-    "rf": (_rf, "random forest (300 trees, both cores)"),
+    "rf": (_rf, "random forest (200 trees, min 2 samples per leaf, both cores)"),
     "mlp": (_mlp, "multi-layer perceptron (256 hidden units, early stopping)"),
 }
 
@@ -130,7 +132,13 @@ class FeaturePipeline:
         self.extractor = make_extractor(extractor) if isinstance(extractor, str) else extractor
         self.classifier_name = classifier if isinstance(classifier, str) else type(classifier).__name__
         self.classifier = classifier
-        self.preprocess = preprocess or Preprocess(size=self.extractor.size)
+        if preprocess is None:
+            preprocess = Preprocess(size=self.extractor.size)
+        elif preprocess.size is None:  # extractors resize anyway; decode small (JPEG draft) and fast
+            from dataclasses import replace
+
+            preprocess = replace(preprocess, size=self.extractor.size)
+        self.preprocess = preprocess
         self.seed, self.n_jobs, self.max_pixels = seed, n_jobs, max_pixels
         self.method = method or f"{','.join(extractor_names(self.extractor))}+{self.classifier_name}"
         self.classes_: list[str] = []

@@ -28,6 +28,8 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
     if val is not None and len(val):
         P = model.predict_proba(val)
         model.meta_["val_skipped"] = list(model.errors_)
+        if model.errors_:
+            log(f"skipped {len(model.errors_)} unreadable validation images (listed in the report)")
         ok = ~np.isnan(P).any(axis=1)
         if ok.any():
             m = metrics(model.task_, val.targets[ok], P[ok], model.classes_)

@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny generated image datasets, bad files and one trained model bundle.
+
+Every image is generated here with numpy/Pillow inside pytest's tmp folders; nothing is read from
+disk outside them and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: three visually separable classes: red-, green- and blue-dominant noisy squares
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def colour_array(rgb, rng: np.random.Generator, size: int = 20, noise: float = 25.0) -> np.ndarray:
+    base = np.asarray(rgb, dtype=np.float64)[None, None, :]
+    return np.clip(base + rng.normal(0.0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def write_colour_dataset(root, n_per_class: int = 12, size: int = 20, seed: int = 0,
+                         classes: dict | None = None, ext: str = "png") -> Path:
+    """``root/<class>/<i>.<ext>``: a folder per class of noisy colour-dominant images."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for name, rgb in (classes or COLOURS).items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            Image.fromarray(colour_array(rgb, rng, size)).save(d / f"{name}_{i:02d}.{ext}")
+    return root
+
+
+def noise_bytes(fmt: str, size: int = 32, seed: int = 1) -> bytes:
+    """A valid encoded noise image (noise so that cutting the file in half really truncates pixel data)."""
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_bad_files(folder, bomb_side: int = 100) -> dict[str, Path]:
+    """One file of each bad kind in ``folder``; returns ``{kind: path}``.
+
+    The "bomb" is a real ``bomb_side`` x ``bomb_side`` PNG: it is only bad under a small ``max_pixels``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {
+        "zero": folder / "zero.png",
+        "truncated_jpeg": folder / "truncated.jpg",
+        "truncated_png": folder / "truncated.png",
+        "corrupt": folder / "corrupt.jpg",
+        "not_image": folder / "notes.png",
+        "bomb": folder / "bomb.png",
+    }
+    out["zero"].write_bytes(b"")
+    jpg = noise_bytes("JPEG")
+    out["truncated_jpeg"].write_bytes(jpg[: len(jpg) // 2])
+    png = noise_bytes("PNG")
+    out["truncated_png"].write_bytes(png[: len(png) // 2])
+    out["corrupt"].write_bytes(np.random.default_rng(7).integers(0, 256, 600, dtype=np.uint8).tobytes())
+    out["not_image"].write_text("this is a text file, not a PNG\n", encoding="utf-8")
+    Image.new("RGB", (bomb_side, bomb_side), (200, 40, 40)).save(out["bomb"])
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    """No worker processes unless a test asks for them; no progress bars in captured output."""
+    monkeypatch.setenv("IMGCLASS_JOBS", "1")
+    monkeypatch.setenv("IMGCLASS_PROGRESS", "0")
+
+
+@pytest.fixture
+def colour_folder(tmp_path) -> Path:
+    """3 classes (red, green, blue) x 12 images of 20x20 pixels."""
+    return write_colour_dataset(tmp_path / "colours")
+
+
+@pytest.fixture(scope="session")
+def make_colour_dataset():
+    return write_colour_dataset
+
+
+@pytest.fixture(scope="session")
+def make_bad_files():
+    return write_bad_files
+
+
+@pytest.fixture(scope="session")
+def encoded_noise():
+    return noise_bytes
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One ``pixels+logreg`` run on the colour dataset, shared read-only by many tests.
+
+    Returns a dict with ``data`` (folder), ``run`` (run dir), ``bundle`` (model folder) and ``model``.
+    Tests that modify a bundle must copy it first.
+    """
+    import imgclass
+
+    base = tmp_path_factory.mktemp("trained")
+    data = write_colour_dataset(base / "colours", seed=3)
+    model = imgclass.train(data, method="pixels+logreg", out=base / "run", n_jobs=1, seed=0)
+    return {"data": data, "run": Path(model.run_dir), "bundle": Path(model.run_dir) / "model", "model": model}

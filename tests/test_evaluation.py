@@ -1,0 +1,140 @@
+"""Metrics on hand-made probabilities, ``evaluate`` on data, and the written report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgclass
+from imgclass.errors import DataError
+from imgclass.evaluation import evaluate_probabilities
+
+CLASSES = ["a", "b", "c"]
+# predictions: a, b, a, a  against truth: a, b, c, a
+TARGETS = np.array([0, 1, 2, 0])
+P = np.array([[0.8, 0.1, 0.1],
+              [0.1, 0.7, 0.2],
+              [0.6, 0.3, 0.1],
+              [0.5, 0.4, 0.1]])
+
+
+def test_single_label_metrics_known_values():
+    ev = evaluate_probabilities("multiclass", CLASSES, TARGETS, P)
+    m = ev.metrics
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion"):
+        assert key in m
+    assert m["n"] == 4
+    assert m["accuracy"] == 0.75
+    assert m["balanced_accuracy"] == pytest.approx(2 / 3)
+    # F1: a = 2*(2/3*1)/(2/3+1) = 0.8, b = 1, c = 0
+    assert m["macro_f1"] == pytest.approx(0.6)
+    assert m["confusion"] == [[2, 0, 0], [0, 1, 0], [1, 0, 0]]
+    per = {r["class"]: r for r in m["per_class"]}
+    assert [per[c]["support"] for c in CLASSES] == [2, 1, 1]
+    assert per["a"]["precision"] == pytest.approx(2 / 3) and per["a"]["recall"] == 1.0
+    assert per["c"]["f1"] == 0.0
+    assert "top3_accuracy" not in m             # k must be smaller than the number of classes
+    assert ev.headline == {"accuracy": 0.75, "balanced_accuracy": pytest.approx(2 / 3),
+                           "macro_f1": pytest.approx(0.6)}
+
+
+def test_top_k_and_log_loss():
+    classes = list("abcd")
+    y = np.array([0, 1, 2, 3])
+    p = np.array([[0.4, 0.3, 0.2, 0.1],
+                  [0.4, 0.3, 0.2, 0.1],
+                  [0.4, 0.3, 0.2, 0.1],
+                  [0.4, 0.3, 0.2, 0.1]])
+    m = evaluate_probabilities("multiclass", classes, y, p).metrics
+    assert m["accuracy"] == 0.25
+    assert m["top3_accuracy"] == 0.75
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.4, 0.3, 0.2, 0.1])))
+
+
+def test_nan_rows_and_unlabelled_rows_are_dropped():
+    p = np.vstack([P, [np.nan] * 3, [0.1, 0.1, 0.8]])
+    y = np.concatenate([TARGETS, [1, -1]])
+    ev = evaluate_probabilities("multiclass", CLASSES, y, p, items=[f"i{k}" for k in range(6)])
+    assert ev.metrics["n"] == 4
+    assert ev.metrics["accuracy"] == 0.75
+    assert ev.items == ["i0", "i1", "i2", "i3"]
+
+
+def test_nothing_to_evaluate():
+    with pytest.raises(DataError):
+        evaluate_probabilities("multiclass", CLASSES, np.array([0]), np.full((1, 3), np.nan))
+
+
+def test_multilabel_metrics():
+    Y = np.array([[1, 0], [0, 1], [1, 1]])
+    p = np.array([[0.9, 0.2], [0.3, 0.8], [0.7, 0.4]])
+    m = evaluate_probabilities("multilabel", ["x", "y"], Y, p).metrics
+    assert m["subset_accuracy"] == pytest.approx(2 / 3)
+    assert m["hamming_loss"] == pytest.approx(1 / 6)
+    assert m["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
+    assert {"macro_f1", "samples_f1", "mAP", "per_class"} <= set(m)
+    assert "confusion" not in m
+
+
+def test_evaluation_write(tmp_path):
+    ev = evaluate_probabilities("multiclass", CLASSES, TARGETS, P, items=["w.png", "x.png", "y.png", "z.png"],
+                                skipped=[("broken.jpg", "empty file (0 bytes)")], title="hand <made>")
+    out = ev.write(tmp_path / "ev")
+    d = tmp_path / "ev"
+    assert (d / "metrics.json").exists() and (d / "predictions.csv").exists() and (d / "report.html").exists()
+
+    doc = json.loads((d / "metrics.json").read_text())
+    assert doc["metrics"]["accuracy"] == 0.75
+    assert doc["skipped"] == [{"path": "broken.jpg", "reason": "empty file (0 bytes)"}]
+
+    rows = list(csv.reader((d / "predictions.csv").read_text().splitlines()))
+    assert rows[0] == ["path", "true", "predicted", "probability", "a", "b", "c"]
+    assert rows[3][:4] == ["y.png", "c", "a", "0.6000"]
+    assert len(rows) == 5
+
+    png = d / "plots" / "confusion.png"
+    assert out["confusion"] == png
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as im:
+        im.verify()
+    assert (d / "plots" / "confusion_normalized.png").exists()
+
+    html = (d / "report.html").read_text()
+    assert "data:image/png;base64" in html
+    assert 'src="http' not in html and "src='http" not in html
+    assert "<script" not in html.lower()
+    assert "hand &lt;made&gt;" in html                       # titles are escaped
+    assert "Skipped files (1)" in html and "broken.jpg" in html
+
+
+def test_evaluate_model_on_data(trained):
+    ev = imgclass.evaluate(trained["model"], trained["data"])
+    assert ev.metrics["n"] == 36
+    assert ev.metrics["accuracy"] >= 0.9
+    assert ev.skipped == []
+    assert ev.classes == ["blue", "green", "red"]
+
+
+def test_evaluate_reindexes_a_subset_of_classes(trained, tmp_path, make_colour_dataset):
+    """Data with fewer classes (in another order) is mapped onto the model's class order."""
+    data = make_colour_dataset(tmp_path / "two", n_per_class=4, size=20, seed=9,
+                               classes={"red": (200, 40, 40), "blue": (40, 40, 200)})
+    ev = imgclass.evaluate(trained["bundle"], data)
+    assert ev.classes == ["blue", "green", "red"]
+    assert ev.metrics["accuracy"] == 1.0
+    assert [r["support"] for r in ev.metrics["per_class"]] == [4, 0, 4]
+
+
+def test_evaluate_unknown_class(trained, tmp_path, make_colour_dataset):
+    data = make_colour_dataset(tmp_path / "x", n_per_class=2, size=8, classes={"red": (1, 2, 3), "purple": (4, 5, 6)})
+    with pytest.raises(DataError, match="purple"):
+        imgclass.evaluate(trained["bundle"], data)
+
+
+def test_evaluate_writes_out_folder(trained, tmp_path):
+    imgclass.evaluate(trained["bundle"], trained["data"], out=tmp_path / "ev")
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]["n"] == 36

@@ -1,0 +1,143 @@
+"""Method specs and ``FeaturePipeline``: learning, probabilities and ranked predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgclass.data import load_dataset
+from imgclass.errors import ConfigError, DataError
+from imgclass.models import FeaturePipeline, build_model, list_methods, parse_spec, rank, split_methods
+
+
+# --------------------------------------------------------------------------- specs
+def test_parse_spec_accepts():
+    s = parse_spec("hog+svm")
+    assert (s.kind, s.features, s.classifier) == ("features", ("hog",), "svm")
+    s = parse_spec("hog,color_hist+logreg")
+    assert s.features == ("hog", "color_hist") and s.classifier == "logreg"
+    assert parse_spec("HOG+SVM").text == "hog+svm"
+
+
+@pytest.mark.parametrize("bad, needle", [("foo+svm", "foo"), ("hog+foo", "foo"), ("+svm", "features"),
+                                         ("hog", "unknown method"), ("", "empty"), ("hog,bar+svm", "bar")])
+def test_parse_spec_rejects(bad, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_spec(bad)
+
+
+def test_split_methods():
+    assert split_methods("hog,color_hist+svm,lbp+rf") == ["hog,color_hist+svm", "lbp+rf"]
+    assert split_methods("hog+svm, pixels+knn ;hog+logreg") == ["hog+svm", "pixels+knn", "hog+logreg"]
+    assert split_methods("hog+svm,lbp") == ["hog+svm", "lbp"]   # incomplete spec left for parse_spec
+
+
+def test_list_methods_mentions_every_block():
+    specs = [s for s, _ in list_methods()]
+    assert "hog+svm" in specs
+    assert "sift+CLASSIFIER" in specs and "FEATURES+logreg" in specs
+
+
+# --------------------------------------------------------------------------- pipeline
+@pytest.fixture
+def split_colours(colour_folder):
+    ds = load_dataset(colour_folder)
+    train, val = ds.split(val=0.25, seed=0)
+    return ds, train, val
+
+
+def test_pipeline_learns_separable_data(split_colours):
+    ds, train, val = split_colours
+    model = build_model("pixels+logreg", n_jobs=1).fit(train)
+    assert model.classes_ == ds.classes
+    assert model.task_ == "multiclass"
+    P = model.predict_proba(val)
+    assert P.shape == (len(val), 3)
+    acc = float((P.argmax(axis=1) == val.targets).mean())
+    assert acc >= 0.9
+    assert np.allclose(P.sum(axis=1), 1.0)
+    # the columns follow classes_: the most likely column names the image's folder
+    for src, row in zip(val.sources, P):
+        assert model.classes_[int(row.argmax())] in src.split("/")[-2]
+
+
+def test_predict_top_k_sorted_pairs(split_colours):
+    _, train, val = split_colours
+    model = build_model("pixels+knn", n_jobs=1).fit(train)
+    P = model.predict_proba(val)
+    preds = model.predict(val.sources, top_k=2)
+    assert len(preds) == len(val)
+    for row, pairs in zip(P, preds):
+        assert len(pairs) == 2
+        (l1, p1), (l2, p2) = pairs
+        assert l1 != l2 and {l1, l2} <= set(model.classes_)
+        assert p1 >= p2
+        assert p1 == pytest.approx(row.max())
+        assert p1 == pytest.approx(row[model.classes_.index(l1)])
+        assert p2 == pytest.approx(row[model.classes_.index(l2)])
+    assert all(len(p) == 3 for p in model.predict(val.sources[:2], top_k=10))
+    assert all(len(p) == 1 for p in model.predict(val.sources[:2]))
+
+
+def test_class_missing_from_training_gets_a_zero_column(colour_folder):
+    ds = load_dataset(colour_folder)
+    green = ds.classes.index("green")
+    train = ds.subset(np.flatnonzero(ds.targets != green))
+    model = build_model("pixels+logreg", n_jobs=1).fit(train)
+    assert model.classes_ == ["blue", "green", "red"]
+    P = model.predict_proba(train.sources[:6])
+    assert P.shape == (6, 3)
+    assert np.all(P[:, green] == 0)
+    assert np.allclose(P.sum(axis=1), 1.0)
+
+
+def test_fit_with_sources_and_y(colour_folder):
+    ds = load_dataset(colour_folder)
+    model = FeaturePipeline("pixels", "logreg", n_jobs=1)
+    model.fit(ds.sources, ds.targets)
+    assert model.classes_ == ["0", "1", "2"]
+    assert model.method == "pixels+logreg"
+    P = model.predict_proba(ds.sources[:3])
+    assert P.shape == (3, 3)
+
+
+def test_pipeline_errors(colour_folder, tmp_path):
+    ds = load_dataset(colour_folder)
+    model = build_model("pixels+logreg", n_jobs=1)
+    with pytest.raises(ConfigError, match="not fitted"):
+        model.predict_proba(ds.sources[:1])
+    with pytest.raises(ConfigError):
+        model.fit(ds.sources)                      # no y
+    one_class = ds.subset(np.flatnonzero(ds.targets == 0))
+    with pytest.raises(DataError, match="two classes"):
+        build_model("pixels+logreg", n_jobs=1).fit(one_class)
+    unlabelled = load_dataset(colour_folder / "red")
+    with pytest.raises(DataError, match="no labels"):
+        build_model("pixels+logreg", n_jobs=1).fit(unlabelled)
+
+
+def test_rank():
+    P = np.array([[0.1, 0.7, 0.2], [np.nan, np.nan, np.nan], [0.5, 0.25, 0.25]])
+    out = rank(P, ["a", "b", "c"], top_k=2)
+    assert out[0] == [("b", 0.7), ("c", 0.2)]
+    assert out[1] is None
+    assert out[2] == [("a", 0.5), ("b", 0.25)]        # stable order on ties
+
+
+def test_multilabel_pipeline(tmp_path, make_colour_dataset):
+    """One-vs-rest over a multilabel CSV: per-label probabilities, not a distribution."""
+    data = make_colour_dataset(tmp_path / "c", n_per_class=8, size=12)
+    rows = ["path,labels"]
+    for cls in ("red", "green", "blue"):
+        for p in sorted((data / cls).iterdir()):
+            labs = cls if cls != "blue" else "blue|cool"
+            rows.append(f"{cls}/{p.name},{labs}")
+    (data / "ml.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(data / "ml.csv")
+    assert ds.task == "multilabel"
+    model = build_model("pixels+logreg", n_jobs=1).fit(ds)
+    P = model.predict_proba(ds.sources)
+    assert P.shape == (len(ds), 4)
+    assert ((P >= 0) & (P <= 1)).all()
+    pred = (P >= 0.5).astype(int)
+    assert (pred == ds.targets).mean() > 0.9
