@@ -79,6 +79,9 @@ def imgclass_run(root):
 
 def main() -> None:
     root = str(dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None))
+    for _, path, _ in plain_files(root):  # warm the page cache so the first contestant is not penalised
+        with open(path, "rb") as f:
+            f.read()
     with Timer() as ti:
         model, acc_i = imgclass_run(root)
     params = model.config()["feature_params"]["hog"]
