@@ -43,6 +43,14 @@ class Concat(FeatureExtractor):
     def transform(self, images):
         return np.hstack([p.transform(images) for p in self.parts]).astype(np.float32)
 
+    def prepare(self):
+        for p in self.parts:
+            p.prepare()
+
+    def preprocess_defaults(self):
+        deep = [p for p in self.parts if getattr(p, "cacheable", False)]
+        return deep[0].preprocess_defaults() if deep else {"size": self.size}
+
     def get_state(self):
         return {f"{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.get_state().items()}
 
@@ -61,11 +69,18 @@ def make_extractor(names: str | Sequence[str], params: dict[str, dict[str, Any]]
     params = params or {}
     parts = []
     for n in names:
-        if n not in EXTRACTORS:
-            raise ConfigError(f"unknown features {n!r}; choose from {', '.join(EXTRACTORS)} "
-                              "(see 'imgclass methods')")
         try:
-            parts.append(EXTRACTORS[n](**params.get(n, {})))
+            if n in EXTRACTORS:
+                parts.append(EXTRACTORS[n](**params.get(n, {})))
+                continue
+            from .deep import DeepEmbedding, is_backbone_name
+
+            if not is_backbone_name(n):
+                raise ConfigError(f"unknown features {n!r}; choose from {', '.join(EXTRACTORS)}, lite0/lite1/lite2 "
+                                  "or a timm backbone name (see 'imgclass methods')")
+            kw = dict(params.get(n, {}))
+            kw.setdefault("backbone", n)
+            parts.append(DeepEmbedding(**kw))
         except TypeError as exc:
             raise ConfigError(f"features {n}: bad parameters {params.get(n)} ({exc})") from None
     if not parts:
@@ -113,17 +128,53 @@ def load_arrays(sources: Sequence[ImageSource], preprocess: Preprocess, max_pixe
     return arrays, ok, errors
 
 
+def _content_key(src: ImageSource) -> str | None:
+    import hashlib
+
+    if isinstance(src, (bytes, bytearray)):
+        return hashlib.sha1(src).hexdigest()
+    try:
+        with open(src, "rb") as f:
+            return hashlib.sha1(f.read()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
 def _chunk_worker(extractor: FeatureExtractor, preprocess: Preprocess, sources: Sequence[ImageSource],
-                  max_pixels: int | None):
+                  max_pixels: int | None, namespace: str | None = None):
+    """Decode, pre-process and describe one chunk. With a cache ``namespace``, rows already in the
+    embedding cache are read instead of computed, and the new rows are returned for storing."""
     try:  # one thread per worker: the workers are the parallelism
         import cv2
 
         cv2.setNumThreads(1)
     except Exception:  # pragma: no cover - cv2 always present, but never fail a worker on it
         pass
-    arrays, ok, errors = load_arrays(sources, preprocess, max_pixels)
-    X = extractor.transform(arrays) if arrays else None
-    return len(sources), (X, ok, errors)
+    if namespace is None:
+        arrays, ok, errors = load_arrays(sources, preprocess, max_pixels)
+        X = extractor.transform(arrays) if arrays else None
+        return len(sources), (X, ok, errors, [])
+    from .deep import EmbeddingCache
+
+    cache = EmbeddingCache(namespace)
+    keys = [_content_key(s) for s in sources]
+    hits = cache.get_many([k for k in keys if k])
+    todo = [i for i, k in enumerate(keys) if k not in hits]
+    arrays, ok_todo, errors = load_arrays([sources[i] for i in todo], preprocess, max_pixels)
+    computed = extractor.transform(arrays) if arrays else None
+    rows: dict[int, np.ndarray] = {}
+    new = []
+    for j, i in enumerate(np.asarray(todo)[ok_todo] if todo else []):
+        rows[int(i)] = computed[j]
+        if keys[i]:
+            new.append((keys[i], computed[j]))
+    for i, k in enumerate(keys):
+        if k in hits:
+            rows[i] = hits[k]
+    ok = np.zeros(len(sources), dtype=bool)
+    ok[list(rows)] = True
+    X = np.stack([rows[i] for i in sorted(rows)]) if rows else None
+    return len(sources), (X, ok, errors, new)
 
 
 def default_jobs() -> int:
@@ -139,12 +190,16 @@ def extract_features(extractor: FeatureExtractor, sources: Sequence[ImageSource]
     """
     n = len(sources)
     n_jobs = n_jobs or default_jobs()
+    extractor.prepare()
+    namespace = None
+    if getattr(extractor, "cacheable", False) and getattr(extractor, "cache", False):
+        namespace = extractor.namespace(preprocess.to_dict())
     results = []
     with progress_bar(n, description) as bar:
         if n_jobs == 1 or n < 64:
             step = 32
             for s in range(0, n, step):
-                k, res = _chunk_worker(extractor, preprocess, sources[s:s + step], max_pixels)
+                k, res = _chunk_worker(extractor, preprocess, sources[s:s + step], max_pixels, namespace)
                 results.append(res)
                 bar.advance(k)
         else:
@@ -153,9 +208,13 @@ def extract_features(extractor: FeatureExtractor, sources: Sequence[ImageSource]
             chunk = int(min(256, max(16, n // (n_jobs * 8))))
             chunks = [sources[s:s + chunk] for s in range(0, n, chunk)]
             par = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=1)
-            for k, res in par(delayed(_chunk_worker)(extractor, preprocess, c, max_pixels) for c in chunks):
+            for k, res in par(delayed(_chunk_worker)(extractor, preprocess, c, max_pixels, namespace) for c in chunks):
                 results.append(res)
                 bar.advance(k)
+    if namespace is not None:
+        from .deep import EmbeddingCache
+
+        EmbeddingCache(namespace).put_many([e for r in results for e in r[3]])
     blocks = [r[0] for r in results if r[0] is not None]
     ok = np.concatenate([r[1] for r in results]) if results else np.zeros(0, bool)
     errors = [e for r in results for e in r[2]]

