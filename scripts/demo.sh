@@ -25,3 +25,7 @@ print(" ".join(split["root"] + "/" + p for p in split["splits"]["val"][::150][:6
 PY
 )
 imgclass predict runs/demo-digits/model $HELD_OUT --top-k 3
+
+echo; echo "== imgclass predict imagenet:lite0 (pretrained ImageNet EfficientNet-Lite0, packaged offline)"
+python -m imgclass.data.samples photos "$CACHE/photos" > /dev/null
+imgclass predict imagenet:lite0 "$CACHE/photos" --top-k 3

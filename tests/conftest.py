@@ -70,10 +70,12 @@ def write_bad_files(folder, bomb_side: int = 100) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _single_process(monkeypatch):
-    """No worker processes unless a test asks for them; no progress bars in captured output."""
+def _single_process(monkeypatch, tmp_path_factory):
+    """No worker processes unless a test asks for them; no progress bars in captured output; the
+    model/embedding cache in a temporary folder shared by the session (never ~/.cache)."""
     monkeypatch.setenv("IMGCLASS_JOBS", "1")
     monkeypatch.setenv("IMGCLASS_PROGRESS", "0")
+    monkeypatch.setenv("IMGCLASS_CACHE", str(tmp_path_factory.getbasetemp() / "imgclass-cache"))
 
 
 @pytest.fixture

@@ -43,20 +43,32 @@ def prepare_split(ds: ImageDataset, val_split: float = 0.2, seed: int = 0, split
     return idx, ds.subset(idx["train"], f"{ds.name}:train"), ds.subset(idx["val"], f"{ds.name}:val")
 
 
-def train(data: ImageDataset | str | os.PathLike, method: str = "hog+svm", val: ImageDataset | None = None, *,
-          val_split: float = 0.2, seed: int = 0, out: str | os.PathLike | None = None, task: str | None = None,
-          split_file: str | None = None, n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-          preprocess: Preprocess | dict | None = None, log: Callable[[str], Any] = lambda m: None):
+def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "hog+svm",
+          val: ImageDataset | None = None, *, val_split: float = 0.2, seed: int = 0,
+          out: str | os.PathLike | None = None, task: str | None = None, split_file: str | None = None,
+          n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+          preprocess: Preprocess | dict | None = None, train_config: dict | None = None,
+          img_size: int | None = None, pretrained: str | None = None, resume: str | os.PathLike | None = None,
+          log: Callable[[str], Any] = lambda m: None):
     """Train ``method`` on ``data``. With ``out`` the whole run directory is written.
 
     ``data`` is a dataset or a path. When ``val`` is not given, a seeded stratified split of ``data``
     (or its pre-split folders, or ``split_file``) provides it. Returns the fitted model; its
     ``run_dir`` attribute points at the run folder when ``out`` was given. ``preprocess`` (a
     ``Preprocess`` or its dict form) overrides the method's default pre-processing.
+
+    Deep methods (``lite0``, ``smallcnn``, ``resnet18@scratch``) take ``train_config`` (see
+    ``imgclass.training.TrainConfig``: epochs, batch_size, lr, optimizer, schedule, ...), ``img_size``
+    and ``pretrained`` (a weights file). ``resume="runs/NAME"`` continues an interrupted deep run
+    exactly from its last checkpoint, with the options stored in its ``config.yaml``.
     """
     from .models import parse_spec
 
-    parse_spec(method)  # a bad --method fails before anything is written
+    if resume is not None:
+        return _resume(resume, log)
+    if data is None:
+        raise ConfigError("train: give DATA (or --resume RUN)")
+    spec = parse_spec(method)  # a bad --method fails before anything is written
     ds = _as_dataset(data, task)
     preprocess = _as_preprocess(preprocess)
     if val is None:
@@ -66,18 +78,33 @@ def train(data: ImageDataset | str | os.PathLike, method: str = "hog+svm", val: 
     run = None
     if out is not None:
         run = RunDir.create(out)
-        run.write_config({"data": str(data) if not isinstance(data, ImageDataset) else data.name, "method": method,
+        run.write_config({"data": os.path.abspath(data) if not isinstance(data, ImageDataset) else data.name,
+                          "method": method,
                           "task": ds.task, "val_split": val_split, "seed": seed, "split_file": split_file,
                           "max_pixels": max_pixels, "n_jobs": n_jobs,
-                          "preprocess": preprocess.to_dict() if preprocess else None, "platform": platform.platform()})
+                          "preprocess": preprocess.to_dict() if preprocess else None,
+                          "train": train_config, "img_size": img_size, "pretrained": pretrained,
+                          "platform": platform.platform()})
         if idx is not None:
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         run.log(f"train {method} on {len(train_ds)} images, validate on {len(val_ds)}")
-    model, P = fit_model(train_ds, method, val=val_ds if len(val_ds) else None, seed=seed, n_jobs=n_jobs,
-                         max_pixels=max_pixels, preprocess=preprocess, log=log)
+    return _fit_and_record(spec.kind, ds, train_ds, val_ds, method, run, seed=seed, n_jobs=n_jobs,
+                           max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
+                           img_size=img_size, pretrained=pretrained, resume=False, log=log)
+
+
+def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **kw):
+    on_epoch = None
+    if run is not None:
+        def on_epoch(rec, run=run):
+            run.log_metrics({"split": "val" if any(k.startswith("val_") for k in rec) else "train", **rec})
+            run.log(f"epoch {rec['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
+                                                          if isinstance(v, float)))
+    model, P = fit_model(train_ds, method, val=val_ds if len(val_ds) else None, log=log,
+                         ckpt_dir=run.path / "checkpoints" if run is not None and kind == "deep" else None,
+                         resume=resume, on_epoch=on_epoch, **kw)
     model.run_dir = run.path if run else None
     if run is not None:
-        ev = None
         if P is not None and not np.isnan(P).all():
             from .evaluation import evaluate_probabilities
 
@@ -85,13 +112,40 @@ def train(data: ImageDataset | str | os.PathLike, method: str = "hog+svm", val: 
                                         items=[val_ds.relpath(i) for i in range(len(val_ds))],
                                         skipped=model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []),
                                         title=f"{method} on {ds.name} (validation)")
+            ev.history = getattr(model, "history_", None) or None
             ev.write(run.path)
-            run.log_metrics({"split": "val", **ev.headline, "n": ev.metrics["n"], "skipped": len(ev.skipped)})
-        run.log_metrics({"split": "train", "n": len(train_ds), "skipped": len(model.meta_.get("train_skipped", [])),
+            run.log_metrics({"split": "val", "final": True, **ev.headline, "n": ev.metrics["n"],
+                             "skipped": len(ev.skipped)})
+        run.log_metrics({"split": "train", "final": True, "n": len(train_ds),
+                         "skipped": len(model.meta_.get("train_skipped", [])),
                          **{k: round(v, 3) for k, v in model.timings_.items()}})
         model.save(run.model_dir, metrics=model.meta_.get("metrics", {}), data_fingerprint=ds.fingerprint())
         run.log(f"saved bundle to {run.model_dir}")
     return model
+
+
+def _resume(run_path: str | os.PathLike, log):
+    import yaml
+
+    run = RunDir(run_path)
+    cfg_file = run.path / "config.yaml"
+    if not cfg_file.exists():
+        raise ConfigError(f"--resume {run_path}: no config.yaml there; pass a run directory of 'imgclass train'")
+    cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    from .models import parse_spec
+
+    spec = parse_spec(cfg["method"])
+    if spec.kind != "deep":
+        raise ConfigError(f"--resume {run_path}: only deep runs have checkpoints to resume; retrain {cfg['method']}")
+    ds = load_dataset(cfg["data"], task=cfg.get("task"))
+    idx = ds.load_split(run.split_file)
+    train_ds = ds.subset(idx["train"], f"{ds.name}:train")
+    val_ds = ds.subset(idx.get("val", np.zeros(0, np.int64)), f"{ds.name}:val")
+    run.log(f"resume {cfg['method']}")
+    return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, seed=cfg.get("seed", 0),
+                           n_jobs=cfg.get("n_jobs"), max_pixels=cfg.get("max_pixels"),
+                           preprocess=_as_preprocess(cfg.get("preprocess")), train_config=cfg.get("train"),
+                           img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log)
 
 
 def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = None):

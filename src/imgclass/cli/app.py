@@ -106,8 +106,8 @@ def _per_class_table(per_class):
 # --------------------------------------------------------------------------- train
 @app.command(epilog="Example: imgclass train photos/ --method hog+svm --out runs/photos")
 def train(
-    data: Annotated[str, typer.Argument(metavar="DATA", help="Folder (one sub-folder per class, or train/val/test), CSV or JSONL.")],
-    method: Annotated[str, typer.Option("--method", "-m", help="Method spec, e.g. hog+svm (see 'imgclass methods').")] = "hog+svm",
+    data: Annotated[str | None, typer.Argument(metavar="DATA", help="Folder (one sub-folder per class, or train/val/test), CSV or JSONL.")] = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="Method spec, e.g. hog+svm, lite0+logreg, lite0, smallcnn (see 'imgclass methods').")] = "hog+svm",
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the split and the estimator.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<data>-<method>).")] = None,
@@ -118,15 +118,39 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     size: SizeOpt = None, resize: ResizeOpt = "squash", grayscale: GrayOpt = False, denoise: DenoiseOpt = "none",
     equalize: EqualizeOpt = "none",
+    epochs: Annotated[int | None, typer.Option(help="Deep: training epochs (default 10).", rich_help_panel="Deep training")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Deep: batch size (default 64).", rich_help_panel="Deep training")] = None,
+    lr: Annotated[float | None, typer.Option(help="Deep: peak learning rate (default per optimizer).", rich_help_panel="Deep training")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Deep: input size in pixels (default: the backbone's).", rich_help_panel="Deep training")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="Deep: adamw, sgd or rmsprop.", rich_help_panel="Deep training")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Deep: onecycle, cosine or constant (with warmup).", rich_help_panel="Deep training")] = None,
+    augment: Annotated[str | None, typer.Option(help="Deep: none, light, standard or strong.", rich_help_panel="Deep training")] = None,
+    unfreeze: Annotated[int | None, typer.Option(help="Deep: fine-tune only the last N blocks.", rich_help_panel="Deep training")] = None,
+    balance: Annotated[str | None, typer.Option(help="Deep: none, weights (class-weighted loss) or sampler.", rich_help_panel="Deep training")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Deep: label smoothing (default 0.1).", rich_help_panel="Deep training")] = None,
+    mixup: Annotated[float | None, typer.Option(help="Deep: mixup alpha (0 = off).", rich_help_panel="Deep training")] = None,
+    cutmix: Annotated[float | None, typer.Option(help="Deep: cutmix alpha (0 = off).", rich_help_panel="Deep training")] = None,
+    ema: Annotated[float | None, typer.Option(help="Deep: EMA decay of the weights, e.g. 0.999 (0 = off).", rich_help_panel="Deep training")] = None,
+    early_stopping: Annotated[int | None, typer.Option(help="Deep: stop after N epochs without improvement.", rich_help_panel="Deep training")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Deep: weights file (.safetensors or state dict) instead of the method's.", rich_help_panel="Deep training")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted deep run from its directory.", rich_help_panel="Deep training")] = None,
 ):
     """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
     from .. import api
 
-    if out is None:
-        out = Path("runs") / f"{Path(data).stem or 'data'}-{method.replace('+', '-').replace(',', '_')}"
-    model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
-                      split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
-                      preprocess=_preprocess(size, resize, grayscale, denoise, equalize), log=_err)
+    deep = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
+            "augment": augment, "unfreeze": unfreeze, "balance": balance, "label_smoothing": label_smoothing,
+            "mixup": mixup, "cutmix": cutmix, "ema": ema, "early_stopping": early_stopping}
+    deep = {k: v for k, v in deep.items() if v is not None}
+    if resume is not None:
+        model = api.train(resume=resume, log=_err)
+    else:
+        if out is None:
+            out = Path("runs") / f"{Path(data).stem or 'data'}-{method.replace('+', '-').replace(',', '_').replace('@', '-')}"
+        model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
+                          split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
+                          preprocess=_preprocess(size, resize, grayscale, denoise, equalize),
+                          train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err)
     val = model.meta_.get("metrics", {}).get("val", {})
     _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
     if json_out:

@@ -1,7 +1,8 @@
 """Offline sample datasets written as image folders (for the demo, benchmarks and docs).
 
 ``python -m imgclass.data.samples digits DEST`` writes scikit-learn's bundled 8x8 digits as
-``DEST/<digit>/<index>.png`` (1,797 grayscale PNGs).
+``DEST/<digit>/<index>.png`` (1,797 grayscale PNGs); ``photos DEST`` writes scikit-image's sample
+photos.
 """
 
 from __future__ import annotations
@@ -32,7 +33,21 @@ def write_digits(dest: str | os.PathLike) -> Path:
     return dest
 
 
-SAMPLES = {"digits": write_digits}
+def write_photos(dest: str | os.PathLike) -> Path:
+    """Write a few of scikit-image's bundled sample photos (cat, coffee, astronaut, rocket) as PNGs."""
+    import skimage.data
+    from PIL import Image
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        path = dest / f"{name}.png"
+        if not path.exists():
+            Image.fromarray(getattr(skimage.data, name)()).save(path)
+    return dest
+
+
+SAMPLES = {"digits": write_digits, "photos": write_photos}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ class Evaluation:
     probabilities: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     title: str = "evaluation"
+    history: list[dict] | None = None  # per-epoch records of a deep training run
 
     @property
     def headline(self) -> dict[str, float]:
@@ -73,6 +74,31 @@ class Evaluation:
                     txt = f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
                     ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                             color="white" if cm[i, j] > thresh else "black")
+        fig.tight_layout()
+        return fig
+
+    def history_figure(self):
+        """Training curves: loss per epoch and the validation metric per epoch."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        h = self.history or []
+        ep = [r["epoch"] for r in h]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        a1.plot(ep, [r.get("train_loss") for r in h], marker="o", label="train loss")
+        if any("val_loss" in r for r in h):
+            a1.plot(ep, [r.get("val_loss") for r in h], marker="o", label="val loss")
+        a1.set_xlabel("epoch")
+        a1.set_title("loss")
+        a1.legend()
+        key = next((k for k in ("val_accuracy", "val_micro_f1") if any(k in r for r in h)), None)
+        if key:
+            a2.plot(ep, [r.get(key) for r in h], marker="o", color="tab:green")
+            a2.set_title(key.replace("_", " "))
+        a2.set_xlabel("epoch")
+        fig.suptitle(f"{self.title}: training curves")
         fig.tight_layout()
         return fig
 
@@ -122,6 +148,9 @@ class Evaluation:
             plots.mkdir(exist_ok=True)
             out["confusion"] = self.plot_confusion(plots / "confusion.png")
             out["confusion_normalized"] = self.plot_confusion(plots / "confusion_normalized.png", normalize=True)
+        if self.history:
+            out["training_curves"] = plots / "training_curves.png"
+            atomic_write_bytes(out["training_curves"], self._png(self.history_figure()))
         self.to_html(out["report"])
         return out
 
@@ -151,6 +180,9 @@ class Evaluation:
                 b64 = base64.b64encode(self._png(self.confusion_figure(norm))).decode()
                 parts.append(f"<h2>Confusion matrix{' (normalised)' if norm else ''}</h2>"
                              f"<img alt='confusion matrix' src='data:image/png;base64,{b64}'>")
+        if self.history:
+            b64 = base64.b64encode(self._png(self.history_figure())).decode()
+            parts.append(f"<h2>Training curves</h2><img alt='training curves' src='data:image/png;base64,{b64}'>")
         parts.append(f"<h2>Skipped files ({len(self.skipped)})</h2>")
         if self.skipped:
             parts.append("<table><tr><th>file</th><th>reason</th></tr>")

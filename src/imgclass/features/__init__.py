@@ -231,5 +231,43 @@ def sample_arrays(sources: Sequence[ImageSource], preprocess: Preprocess, n: int
     return arrays
 
 
-__all__ = ["EXTRACTORS", "Concat", "FeatureExtractor", "Features", "extract_features", "extractor_names",
+#: Above this many bytes of decoded images, ``decode_to_tensor`` refuses (streaming from disk for
+#: deep training is not implemented yet).
+MAX_IN_MEMORY_BYTES = 8 * 1024**3
+
+
+class RawPixels(FeatureExtractor):
+    """The pre-processed pixels themselves, flattened (used to decode datasets into memory)."""
+
+    name = "raw"
+
+    def __init__(self):
+        self._params = {}
+
+    def transform(self, images):
+        return np.stack(images).reshape(len(images), -1).astype(np.uint8)
+
+
+def decode_to_tensor(sources: Sequence[ImageSource], preprocess: Preprocess, n_jobs: int | None = None,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS, description: str = "decode"):
+    """Decode + pre-process every image once, in parallel, into a ``(n_ok, 3, H, W)`` uint8 torch tensor.
+
+    Returns ``(tensor, ok mask, errors)``; unreadable images are skipped and listed.
+    """
+    import torch
+
+    if preprocess.size is None:
+        raise ConfigError("decoding into a tensor needs a fixed pre-processing size (--img-size)")
+    h, w = (preprocess.size, preprocess.size) if isinstance(preprocess.size, int) else preprocess.size
+    n_bytes = len(sources) * h * w * 3
+    if n_bytes > MAX_IN_MEMORY_BYTES:
+        raise ConfigError(f"{len(sources)} images at {h}x{w} need {n_bytes / 1e9:.1f} GB in memory; use a "
+                          "smaller --img-size (streaming from disk is not implemented yet)")
+    feats = extract_features(RawPixels(), sources, preprocess, n_jobs=n_jobs, max_pixels=max_pixels,
+                             description=description)
+    arr = feats.X.astype(np.uint8).reshape(-1, h, w, 3) if len(feats.X) else np.zeros((0, h, w, 3), np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2))), feats.ok, feats.errors
+
+
+__all__ = ["EXTRACTORS", "MAX_IN_MEMORY_BYTES", "Concat", "RawPixels", "decode_to_tensor", "FeatureExtractor", "Features", "extract_features", "extractor_names",
            "extractor_params", "load_arrays", "make_extractor", "sample_arrays", "source_name"]

@@ -50,26 +50,38 @@ class BackboneConfig:
                 "interpolation": self.interpolation}
 
 
+def _timm():
+    """timm, with imgclass's own architectures (``smallcnn``) registered."""
+    import timm
+
+    from .smallcnn import register
+
+    register()
+    return timm
+
+
 def resolve_arch(name: str) -> str:
     """``lite0`` → ``tf_efficientnet_lite0``; any other name is a timm architecture."""
     return LITE[name][0] if name in LITE else name
 
 
 def is_known_arch(name: str) -> bool:
-    import timm
-
+    timm = _timm()
     return name in LITE or bool(timm.list_models(resolve_arch(name)))
 
 
 def backbone_config(name: str) -> BackboneConfig:
-    import timm
-
+    timm = _timm()
     arch = resolve_arch(name)
     if not timm.list_models(arch):
         raise ConfigError(f"unknown backbone {name!r}; use lite0/lite1/lite2 or a timm architecture name "
                           "(timm.list_models())")
     cfg = timm.models.get_pretrained_cfg(arch)
     d = cfg.to_dict() if cfg is not None else {}
+    if arch == "smallcnn":
+        from .smallcnn import SmallCNN
+
+        d = SmallCNN(num_classes=0).pretrained_cfg
     size = LITE[name][2] if name in LITE else int((d.get("input_size") or (3, 224, 224))[-1])
     return BackboneConfig(arch=arch, input_size=size, mean=tuple(d.get("mean", (0.485, 0.456, 0.406))),
                           std=tuple(d.get("std", (0.229, 0.224, 0.225))),
@@ -144,7 +156,7 @@ def create_backbone(name: str, pretrained: str | None = "imagenet", num_classes:
     ``pretrained``: ``"imagenet"`` (offline packaged weights for lite0-2; otherwise timm's hub weights),
     ``"hub"``, a file path, or ``None``/``"scratch"``.
     """
-    import timm
+    timm = _timm()
 
     arch = resolve_arch(name)
     if not timm.list_models(arch):

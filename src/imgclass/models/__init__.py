@@ -6,12 +6,22 @@ from .spec import MethodSpec, list_methods, parse_spec, split_methods
 
 
 def build_model(method: str, seed: int = 0, n_jobs: int | None = None, preprocess=None,
-                max_pixels: int | None = None):
-    """An unfitted estimator for a method spec (``hog+svm``, ``hog,color_hist+logreg``)."""
+                max_pixels: int | None = None, img_size: int | None = None, pretrained: str | None = None,
+                train_config: dict | None = None):
+    """An unfitted estimator for a method spec (``hog+svm``, ``lite0+logreg``, ``lite0``, ``smallcnn``).
+
+    ``pretrained`` (a weights file) overrides where a deep backbone's weights come from.
+    """
     from ..data.decode import DEFAULT_MAX_PIXELS
     from ..features import make_extractor
 
     spec = parse_spec(method)
+    if spec.kind == "deep":
+        from .deep import DeepClassifier
+
+        return DeepClassifier(spec.backbone, pretrained=pretrained or spec.pretrained, img_size=img_size,
+                              preprocess=preprocess, train_config=train_config, seed=seed, n_jobs=n_jobs,
+                              max_pixels=max_pixels or DEFAULT_MAX_PIXELS, method=spec.text)
     extractor = make_extractor(list(spec.features))
     return FeaturePipeline(extractor, spec.classifier, preprocess=preprocess, seed=seed, n_jobs=n_jobs,
                            max_pixels=max_pixels or DEFAULT_MAX_PIXELS, method=spec.text)

@@ -40,35 +40,47 @@ def save_bundle(model, path: str | os.PathLike, metrics: dict[str, Any] | None =
     """Write ``model`` to the bundle folder ``path`` atomically (old bundle replaced in one rename)."""
     import skops.io as sio
 
-    from ..features import extractor_names  # noqa: F401  (keeps import graph explicit)
-
     if model.classifier_ is None:
         raise ModelFormatError("cannot save an unfitted model; train it first")
     path = Path(path)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "kind": model.kind,
-        "method": model.method,
-        "task": model.task_,
-        "classes": list(model.classes_),
-        "taxonomy": model.taxonomy_,
-        "preprocessing": model.preprocess.to_dict(),
-        **model.config(),
-        "thresholds": model.meta_.get("thresholds"),
-        "calibration": model.meta_.get("calibration"),
-        "metrics": metrics if metrics is not None else model.meta_.get("metrics", {}),
-        "data_fingerprint": data_fingerprint or model.meta_.get("data_fingerprint"),
-        "seed": model.seed,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": library_versions(),
-        **(extra or {}),
-    }
+    meta = _base_meta(model, metrics, data_fingerprint, extra)
     with atomic_dir(path) as tmp:
         payload = {"classifier": model.classifier_, "extractor_state": model.extractor.get_state()}
         sio.dump(payload, tmp / ESTIMATOR_FILE)
+        _embed_backbone_weights(meta, tmp)
         (tmp / MODEL_JSON).write_text(dumps(meta) + "\n", encoding="utf-8")
     model.meta_.update({k: meta[k] for k in ("metrics", "data_fingerprint")})
     return path
+
+
+BUNDLE_PREFIX = "bundle:"
+
+
+def _embed_backbone_weights(meta: dict[str, Any], folder: Path) -> None:
+    """Copy backbone weights given as a local file into the bundle (``backbone-NAME.safetensors``) so
+    the bundle works on another machine; packaged ImageNet and hub weights are referenced by name."""
+    for name, params in (meta.get("feature_params") or {}).items():
+        pre = params.get("pretrained") if isinstance(params, dict) else None
+        if not pre or pre in ("imagenet", "hub", "scratch", "none") or str(pre).startswith(BUNDLE_PREFIX):
+            continue
+        from safetensors.torch import save_file
+
+        from ..features.backbones import load_state_dict_file
+
+        fname = f"backbone-{name}.safetensors"
+        sd = {k: v.contiguous() for k, v in load_state_dict_file(pre).items()}
+        save_file(sd, str(folder / fname))
+        params["pretrained"] = BUNDLE_PREFIX + fname
+
+
+def _resolve_bundle_files(meta: dict[str, Any], folder: Path) -> None:
+    for params in (meta.get("feature_params") or {}).values():
+        pre = params.get("pretrained") if isinstance(params, dict) else None
+        if isinstance(pre, str) and pre.startswith(BUNDLE_PREFIX):
+            f = folder / pre[len(BUNDLE_PREFIX):]
+            if not f.exists() or "/" in pre[len(BUNDLE_PREFIX):] or "\\" in pre:
+                raise ModelFormatError(f"{folder}: backbone weights {pre} are missing; the bundle is incomplete")
+            params["pretrained"] = str(f)
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -91,13 +103,63 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _base_meta(model, metrics, data_fingerprint, extra) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": model.kind,
+        "method": model.method,
+        "task": model.task_,
+        "classes": list(model.classes_),
+        "taxonomy": model.taxonomy_,
+        "preprocessing": model.preprocess.to_dict(),
+        **model.config(),
+        "thresholds": model.meta_.get("thresholds"),
+        "calibration": model.meta_.get("calibration"),
+        "metrics": metrics if metrics is not None else model.meta_.get("metrics", {}),
+        "data_fingerprint": data_fingerprint or model.meta_.get("data_fingerprint"),
+        "seed": model.seed,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+
+
+def save_deep_bundle(model, path: str | os.PathLike, metrics: dict[str, Any] | None = None,
+                     data_fingerprint: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a deep model: ``weights.safetensors`` (the whole network) + ``model.json``, atomically."""
+    from safetensors.torch import save_file
+
+    if model.model_ is None:
+        raise ModelFormatError("cannot save an untrained model; train it first")
+    path = Path(path)
+    meta = _base_meta(model, metrics, data_fingerprint, extra)
+    meta["history"] = model.history_
+    with atomic_dir(path) as tmp:
+        sd = {k: v.detach().contiguous() for k, v in model.model_.state_dict().items()}
+        save_file(sd, str(tmp / "weights.safetensors"))
+        (tmp / MODEL_JSON).write_text(dumps(meta) + "\n", encoding="utf-8")
+    model.meta_.update({k: meta[k] for k in ("metrics", "data_fingerprint")})
+    return path
+
+
 def load_model(path: str | os.PathLike):
-    """Load a bundle folder into a ready-to-predict model."""
+    """Load a bundle folder into a ready-to-predict model.
+
+    ``imagenet:BACKBONE`` (e.g. ``imagenet:lite0``) gives the pretrained ImageNet-1k classifier.
+    """
+    if isinstance(path, str) and path.startswith("imagenet:"):
+        from .pretrained import ImageNetClassifier
+
+        return ImageNetClassifier.from_name(path)
     meta = read_meta(path)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     kind = meta.get("kind")
     if kind == "feature_pipeline":
         return _load_feature_pipeline(folder, meta)
+    if kind == "deep":
+        from .deep import DeepClassifier
+
+        return DeepClassifier.from_bundle(folder, meta)
     raise ModelFormatError(f"{folder}: unknown model kind {kind!r}; upgrade imgclass")
 
 
@@ -123,6 +185,7 @@ def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
         payload = sio.load(est, trusted=untrusted)
     except Exception as exc:
         raise ModelFormatError(f"{est}: cannot load ({exc}); the bundle is damaged or from another version") from None
+    _resolve_bundle_files(meta, folder)
     try:
         extractor = make_extractor(meta["features"], meta.get("feature_params"))
         extractor.set_state(payload.get("extractor_state", {}))

@@ -16,6 +16,7 @@ class MethodSpec:
     features: tuple[str, ...] = ()
     classifier: str | None = None
     backbone: str | None = None
+    pretrained: str | None = None
 
 
 def parse_spec(text: str) -> MethodSpec:
@@ -47,8 +48,18 @@ def parse_spec(text: str) -> MethodSpec:
         if not names:
             raise ConfigError(f"--method {text}: name features before '+', e.g. hog+{clf}")
         return MethodSpec(text=t, kind="features", features=names, classifier=clf)
-    raise ConfigError(f"--method {text}: unknown method; classical specs look like FEATURES+CLASSIFIER "
-                      "(e.g. hog+svm); see 'imgclass methods'")
+    from ..features.deep import is_backbone_name
+
+    backbone, _, source = t.partition("@")
+    if backbone and is_backbone_name(backbone):
+        if source not in ("", "scratch", "imagenet", "hub"):
+            raise ConfigError(f"--method {text}: after '@' use scratch, imagenet or hub "
+                              "(or give weights with --pretrained FILE)")
+        if not source:
+            source = "scratch" if backbone == "smallcnn" else "imagenet"
+        return MethodSpec(text=t, kind="deep", backbone=backbone, pretrained=None if source == "scratch" else source)
+    raise ConfigError(f"--method {text}: unknown method; use FEATURES+CLASSIFIER (e.g. hog+svm), a backbone "
+                      "(lite0, resnet18@scratch, smallcnn) or see 'imgclass methods'")
 
 
 def list_methods() -> list[tuple[str, str]]:
@@ -57,6 +68,14 @@ def list_methods() -> list[tuple[str, str]]:
     from .classical import CLASSIFIERS, RECOMMENDED
 
     rows = [(spec, desc) for spec, desc in RECOMMENDED]
+    rows += [
+        ("lite0", "fine-tune ImageNet EfficientNet-Lite0 (offline weights): head first, then the backbone"),
+        ("lite1 / lite2", "the same with EfficientNet-Lite1 (240 px) / Lite2 (260 px)"),
+        ("lite0+logreg", "frozen Lite0 embeddings (ONNX Runtime, cached on disk) + logistic regression"),
+        ("smallcnn", "fast small CNN trained from scratch (small images; speedrun-style training)"),
+        ("ARCH@scratch", "any timm architecture trained from scratch, e.g. resnet18@scratch"),
+        ("imagenet:lite0", "(predict only) the pretrained ImageNet-1k classifier, no training"),
+    ]
     rows += [(f"{name}+CLASSIFIER", cls.description) for name, cls in EXTRACTORS.items()]
     rows += [(f"FEATURES+{name}", desc) for name, (_, desc) in CLASSIFIERS.items()]
     return rows

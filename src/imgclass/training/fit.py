@@ -2,36 +2,120 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from ..data import ImageDataset
 from ..errors import DataError
 from ..models import build_model
 from ..tasks import headline, metrics
+from .engine import TrainConfig, TrainData, Trainer
 
 
 def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None, seed: int = 0,
-              n_jobs: int | None = None, max_pixels: int | None = None, preprocess=None, log=print):
+              n_jobs: int | None = None, max_pixels: int | None = None, preprocess=None, log=print,
+              train_config: TrainConfig | dict | None = None, img_size: int | None = None,
+              pretrained: str | None = None, ckpt_dir: str | Path | None = None, resume: bool = False,
+              on_epoch: Callable[[dict], Any] | None = None):
     """Build the estimator for ``method``, fit it on ``train`` and score it on ``val``.
 
-    Returns ``(model, val_probabilities or None)``; validation metrics land in ``model.meta_["metrics"]``.
+    Deep methods train with the engine (``train_config``; checkpoints in ``ckpt_dir``; ``resume``
+    continues from ``ckpt_dir/last.pt``). Returns ``(model, val_probabilities or None)``; validation
+    metrics land in ``model.meta_["metrics"]``.
     """
     if not train.is_labelled:
         raise DataError(f"{train.name}: no labels to train on; give a folder per class, a CSV or JSONL")
-    model = build_model(method, seed=seed, n_jobs=n_jobs, preprocess=preprocess, max_pixels=max_pixels)
-    model.fit(train)
-    if model.errors_:
-        log(f"skipped {len(model.errors_)} unreadable training images (listed in the report)")
-    model.meta_["train_skipped"] = list(model.errors_)
-    model.meta_["data_fingerprint"] = train.fingerprint()
-    P = None
-    if val is not None and len(val):
-        P = model.predict_proba(val)
-        model.meta_["val_skipped"] = list(model.errors_)
+    cfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(
+        {"seed": seed, **(train_config or {})})
+    model = build_model(method, seed=seed, n_jobs=n_jobs, preprocess=preprocess, max_pixels=max_pixels,
+                        img_size=img_size, pretrained=pretrained, train_config=cfg.to_dict())
+    if model.kind == "deep":
+        P = fit_deep(model, train, val, cfg, ckpt_dir=ckpt_dir, resume=resume, log=log, on_epoch=on_epoch)
+    else:
+        model.fit(train)
         if model.errors_:
-            log(f"skipped {len(model.errors_)} unreadable validation images (listed in the report)")
+            log(f"skipped {len(model.errors_)} unreadable training images (listed in the report)")
+        model.meta_["train_skipped"] = list(model.errors_)
+        P = None
+        if val is not None and len(val):
+            P = model.predict_proba(val)
+            model.meta_["val_skipped"] = list(model.errors_)
+            if model.errors_:
+                log(f"skipped {len(model.errors_)} unreadable validation images (listed in the report)")
+    model.meta_["data_fingerprint"] = train.fingerprint()
+    if P is not None:
         ok = ~np.isnan(P).any(axis=1)
         if ok.any():
             m = metrics(model.task_, val.targets[ok], P[ok], model.classes_)
             model.meta_["metrics"] = {"val": headline(model.task_, m)}
     return model, P
+
+
+def _targets(ds: ImageDataset, ok: np.ndarray):
+    import torch
+
+    t = ds.targets[ok]
+    return torch.from_numpy(t.astype(np.float32)) if t.ndim == 2 else torch.from_numpy(t.astype(np.int64))
+
+
+def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainConfig, ckpt_dir=None,
+             resume: bool = False, log=print, on_epoch=None) -> np.ndarray | None:
+    """Decode the data once into memory, build the network and run the engine; returns val probabilities."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    labelled = train.subset(np.flatnonzero(train.labelled_mask))
+    model.classes_, model.task_, model.taxonomy_ = list(train.classes), train.task or "multiclass", train.taxonomy
+    xtr, oktr, errtr = decode_images(model, labelled, "decode (train)")
+    if errtr:
+        log(f"skipped {len(errtr)} unreadable training images (listed in the report)")
+    tr = TrainData(xtr, _targets(labelled, oktr), errtr)
+    va = None
+    if val is not None and len(val):
+        xva, okva, errva = decode_images(model, val, "decode (val)")
+        if errva:
+            log(f"skipped {len(errva)} unreadable validation images (listed in the report)")
+        va = TrainData(xva, _targets(val, okva), errva)
+    if len(xtr) < 2:
+        raise DataError("fewer than two readable training images")
+    net = model.build_network(len(model.classes_), drop_rate=cfg.dropout)
+    trainer = Trainer(net, tr, va, cfg, model.preprocess.mean, model.preprocess.std, task=model.task_,
+                      ckpt_dir=ckpt_dir, pretrained=model.pretrained is not None, log=log, on_epoch=on_epoch)
+    last = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
+    if resume and last is not None and last.exists():
+        trainer.load_checkpoint(last)
+        log(f"resumed from {last} after epoch {trainer.epoch}")
+    trainer.fit()
+    best = Path(ckpt_dir) / "best.pt" if ckpt_dir else None
+    if va is not None and best is not None and best.exists():
+        st = torch.load(str(best), map_location="cpu", weights_only=True)
+        trainer.model.load_state_dict(st["model"])
+        if trainer.ema is not None and st.get("ema") is not None:
+            trainer.ema.model.load_state_dict(st["ema"])
+    model.model_ = (trainer.ema.model if trainer.ema is not None else trainer.model).eval()
+    model.model_ = model.model_.to(memory_format=torch.contiguous_format)
+    model.history_ = trainer.history
+    model.meta_["train_skipped"] = list(errtr)
+    model.meta_["val_skipped"] = list(va.skipped) if va is not None else []
+    model.errors_ = list(errtr)
+    if va is None:
+        return None
+    P = np.full((len(val), len(model.classes_)), np.nan)
+    if len(va.x):
+        P[okva] = model.proba_from_logits(model.logits_from_tensor(va.x))
+    return P
+
+
+def decode_images(model, ds: ImageDataset, description: str):
+    from ..features import decode_to_tensor
+
+    return decode_to_tensor(ds.sources, model.preprocess, n_jobs=model.n_jobs, max_pixels=model.max_pixels,
+                            description=description)

@@ -1,0 +1,58 @@
+"""Frozen ImageNet embeddings + logistic regression on CIFAR-10 12k (train 10k -> val 2k), through
+the real CLI: cold (empty embedding cache) and warm (cache filled by the cold run), per backbone.
+The scikit-learn baseline in the same run is hog+svm, the best classical method.
+
+Target (Deep-learning issue): lite0+logreg >= 0.80 in <= 8 min.
+
+    .venv/bin/python bench/cifar_frozen.py [CIFAR_DIR] [BACKBONES, default lite0,lite1,lite2]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import Timer, dataset_path, save, table
+
+
+def run(cmd, env):
+    with Timer() as t:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out), t.s
+
+
+def main() -> None:
+    root = dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None)
+    backbones = (sys.argv[2] if len(sys.argv) > 2 else "lite0,lite1,lite2").split(",")
+    exe = str(Path(sys.executable).with_name("imgclass"))
+    rows = []
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as runs:
+        env = {**os.environ, "IMGCLASS_CACHE": cache}
+        for bb in backbones:
+            method = f"{bb}+logreg"
+            cmd = [exe, "train", str(root), "--method", method, "--out", f"{runs}/{bb}", "--json"]
+            print("$ IMGCLASS_CACHE=<empty> " + " ".join(cmd[:6]), flush=True)
+            res, cold = run(cmd, env)
+            print(f"  {method}: accuracy {res['metrics']['accuracy']:.4f}, cold {cold:.0f}s", flush=True)
+            cmd[6] = f"{runs}/{bb}-warm"
+            res2, warm = run(cmd, env)
+            rows.append({"method": method, "accuracy": res["metrics"]["accuracy"], "cold_s": cold, "warm_s": warm})
+        cmd = [exe, "train", str(root), "--method", "hog+svm", "--out", f"{runs}/hog", "--json"]
+        res, secs = run(cmd, env)
+        rows.append({"method": "hog+svm (classical baseline)", "accuracy": res["metrics"]["accuracy"], "cold_s": secs,
+                     "warm_s": float("nan")})
+    print(table(rows, ["method", "accuracy", "cold_s", "warm_s"], "CIFAR-10 12k, train 10,000 -> val 2,000"))
+    lite0 = next((r for r in rows if r["method"] == "lite0+logreg"), None)
+    if lite0:
+        ok = lite0["accuracy"] >= 0.80 and lite0["cold_s"] <= 480
+        print(f"\nlite0+logreg {lite0['accuracy']:.4f} in {lite0['cold_s']:.0f}s cold "
+              f"(target >= 0.80 in <= 480 s: {'PASS' if ok else 'FAIL'})")
+    save("cifar_frozen", {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+"""The one training engine for deep models: fine-tuning, partial fine-tuning and training from scratch.
+
+One readable loop in the spirit of the CIFAR-10 speedruns; every speed trick is named where it is used:
+
+- **decode once**: images are decoded and pre-processed once into a uint8 tensor in memory, so an
+  epoch costs only the network (small and medium datasets; see ``MAX_IN_MEMORY_BYTES``);
+- **batch augmentation on tensors**: flips, translations and brightness/contrast jitter are applied
+  to whole batches in the training process, with no per-image Python pipeline or worker processes;
+- **channels-last** memory format for convolutions on CPU;
+- **one-cycle / cosine schedules with warmup**, label smoothing, optional mixup/cutmix, EMA of weights;
+- **head first**: pretrained backbones train the new head alone for ``head_epochs`` before the backbone
+  is unfrozen with a lower learning rate (``backbone_lr_scale``); ``unfreeze=N`` trains only the last
+  N blocks;
+- **flip TTA** at evaluation.
+
+Checkpoints ``last.pt`` and ``best.pt`` are written atomically at the end of every epoch with the
+model, optimiser, scheduler, EMA and RNG states, so ``resume`` continues exactly, also after SIGKILL.
+They hold only tensors and plain Python values and are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._util import atomic_write_bytes, progress_bar
+from ..errors import ConfigError, DataError
+
+OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a deep training run (stored in ``config.yaml`` and the bundle)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None  # None: per optimiser default
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    warmup: float = 0.1  # fraction of the steps
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    dropout: float = 0.0
+    mixup: float = 0.0  # alpha; 0 = off
+    cutmix: float = 0.0  # alpha; 0 = off
+    ema: float = 0.0  # decay per step, e.g. 0.999; 0 = off
+    grad_clip: float | None = 2.0
+    early_stopping: int | None = None  # patience in epochs
+    balance: str = "none"  # none | weights | sampler
+    augment: str = "standard"
+    head_epochs: int = 1  # pretrained backbones: epochs with the backbone frozen
+    backbone_lr_scale: float = 0.1
+    unfreeze: int | None = None  # train only the last N blocks (None = all)
+    tta: bool = True
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.balance not in ("none", "weights", "sampler"):
+            raise ConfigError(f"--balance {self.balance!r}: choose none, weights or sampler")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("--epochs and --batch-size must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def default_lr(self) -> float:
+        return self.lr if self.lr is not None else {"adamw": 2e-3, "sgd": 0.1, "rmsprop": 1e-3}[self.optimizer]
+
+
+# --------------------------------------------------------------------------- augmentation
+class BatchAugment:
+    """Augmentation on a uint8 batch tensor ``(b, 3, h, w)``; presets mirror ``imgclass.transforms``."""
+
+    def __init__(self, preset: str, generator):
+        from ..transforms import AUGMENT_PRESETS
+
+        if preset not in AUGMENT_PRESETS:
+            raise ConfigError(f"--augment {preset!r}: choose one of {', '.join(AUGMENT_PRESETS)}")
+        self.preset, self.g = preset, generator
+
+    def __call__(self, x):
+        import torch
+
+        if self.preset == "none":
+            return x.float()
+        b, _, h, w = x.shape
+        flip = torch.rand(b, generator=self.g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.preset == "light":
+            return x.float()
+        # translate by up to 1/8 of the side with reflection padding (random crop after padding)
+        pad = max(1, h // 8) if self.preset == "standard" else max(1, h // 6)
+        xp = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=self.g)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=self.g)
+        rows = (dy[:, None] + torch.arange(h)[None, :])  # (b, h)
+        cols = (dx[:, None] + torch.arange(w)[None, :])  # (b, w)
+        idx_b = torch.arange(b)[:, None, None]
+        out = xp.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        strength = 0.2 if self.preset == "standard" else 0.4
+        bright = 1 + (torch.rand(b, 1, 1, 1, generator=self.g) * 2 - 1) * strength
+        contrast = 1 + (torch.rand(b, 1, 1, 1, generator=self.g) * 2 - 1) * strength
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = ((out - mean) * contrast + mean) * bright
+        return out.clamp_(0, 255)
+
+
+# --------------------------------------------------------------------------- model helpers
+def _blocks(model):
+    """The sequence of trainable stages (timm's ``blocks`` or ``stages`` or ``layerN``)."""
+    for attr in ("blocks", "stages"):
+        if hasattr(model, attr):
+            return list(getattr(model, attr))
+    layers = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
+    return layers
+
+
+def set_trainable(model, phase: str, unfreeze: int | None) -> None:
+    """``phase="head"``: only the classifier trains; ``"all"``: everything, or the last ``unfreeze`` blocks
+    plus the head layers after them."""
+    head = model.get_classifier()
+    for p in model.parameters():
+        p.requires_grad = phase == "all" and unfreeze is None
+    for p in head.parameters():
+        p.requires_grad = True
+    if phase == "all" and unfreeze is not None:
+        blocks = _blocks(model)
+        for blk in blocks[len(blocks) - unfreeze:] if unfreeze > 0 else []:
+            for p in blk.parameters():
+                p.requires_grad = True
+        for name in ("conv_head", "bn2", "norm", "head", "fc_norm", "final_conv"):
+            mod = getattr(model, name, None)
+            if mod is not None and hasattr(mod, "parameters"):
+                for p in mod.parameters():
+                    p.requires_grad = True
+
+
+class EMA:
+    """Exponential moving average of the weights (and a copy of the buffers)."""
+
+    def __init__(self, model, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def update(self, model) -> None:
+        import torch
+
+        with torch.no_grad():
+            for e, p in zip(self.model.state_dict().values(), model.state_dict().values()):
+                if e.dtype.is_floating_point:
+                    e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+                else:
+                    e.copy_(p)
+
+
+# --------------------------------------------------------------------------- the trainer
+@dataclass
+class TrainData:
+    x: Any  # uint8 tensor (n, 3, h, w)
+    y: Any  # long tensor (n,) or float (n, C) for multilabel
+    skipped: list
+
+
+class Trainer:
+    """Train ``model`` on in-memory tensors, checkpointing into ``ckpt_dir`` every epoch."""
+
+    def __init__(self, model, train: TrainData, val: TrainData | None, cfg: TrainConfig, mean, std,
+                 task: str = "multiclass", ckpt_dir: str | Path | None = None, pretrained: bool = False,
+                 on_epoch: Callable[[dict], Any] | None = None, log: Callable[[str], Any] = lambda m: None):
+        import torch
+
+        self.torch = torch
+        self.model, self.train, self.val, self.cfg = model, train, val, cfg
+        self.task, self.pretrained, self.on_epoch, self.log = task, pretrained, on_epoch, log
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.best: float | None = None
+        self.bad_epochs = 0
+        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.augment = BatchAugment(cfg.augment, self.g)
+        n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
+        self.n_classes = n_classes
+        weight = None
+        if cfg.balance == "weights" and train.y.ndim == 1:
+            counts = torch.bincount(train.y, minlength=n_classes).float().clamp_min(1)
+            weight = counts.sum() / (len(counts) * counts)
+        if task == "multilabel":
+            self.criterion = torch.nn.BCEWithLogitsLoss()
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.steps_per_epoch = max(1, math.ceil(len(train.x) / cfg.batch_size))
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.phase = None
+        self._build_optimizer("head" if pretrained and cfg.head_epochs > 0 else "all")
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
+
+    # -- optimiser per phase (a new one when the backbone is unfrozen)
+    def _build_optimizer(self, phase: str) -> None:
+        torch = self.torch
+        cfg = self.cfg
+        self.phase = phase
+        set_trainable(self.model, phase, cfg.unfreeze)
+        lr = cfg.default_lr()
+        head_ids = {id(p) for p in self.model.get_classifier().parameters()}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.pretrained and phase == "all":
+            groups = [{"params": [p for p in params if id(p) in head_ids], "lr": lr},
+                      {"params": [p for p in params if id(p) not in head_ids], "lr": lr * cfg.backbone_lr_scale}]
+        else:
+            groups = [{"params": params, "lr": lr}]
+        if cfg.optimizer == "adamw":
+            self.opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.RMSprop(groups, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        head_phase = self.pretrained and cfg.head_epochs > 0
+        epochs = cfg.head_epochs if phase == "head" else cfg.epochs - (cfg.head_epochs if head_phase else 0)
+        total = max(1, epochs * self.steps_per_epoch)
+        max_lrs = [g["lr"] for g in groups]
+        if cfg.schedule == "onecycle":
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=max_lrs, total_steps=total,
+                                                             pct_start=max(cfg.warmup, 1e-3), anneal_strategy="cos")
+        elif cfg.schedule == "cosine":
+            warm = max(1, int(cfg.warmup * total))
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
+
+    def _normalize(self, x):
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.torch.channels_last)
+
+    def _mix(self, x, y):
+        """mixup / cutmix (one of them per batch when both are on); returns x and soft targets."""
+        torch = self.torch
+        cfg = self.cfg
+        soft = y.float() if y.ndim == 2 else torch.nn.functional.one_hot(y, self.n_classes).float()
+        use_cut = cfg.cutmix > 0 and (cfg.mixup <= 0 or torch.rand(1, generator=self.g).item() < 0.5)
+        alpha = cfg.cutmix if use_cut else cfg.mixup
+        lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=self.g))).beta(alpha, alpha))
+        perm = torch.randperm(len(x), generator=self.g)
+        if use_cut:
+            h, w = x.shape[2:]
+            ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+            cy, cx = int(torch.randint(0, h, (1,), generator=self.g)), int(torch.randint(0, w, (1,), generator=self.g))
+            y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            x = x.clone()
+            x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        else:
+            x = lam * x + (1 - lam) * x[perm]
+        return x, lam * soft + (1 - lam) * soft[perm]
+
+    # -- one epoch
+    def _train_epoch(self, bar) -> float:
+        torch = self.torch
+        cfg = self.cfg
+        self.model.train()
+        if self.phase == "head":  # frozen backbone: keep its BatchNorm statistics
+            self.model.eval()
+            self.model.get_classifier().train()
+        n = len(self.train.x)
+        if cfg.balance == "sampler" and self.train.y.ndim == 1:
+            counts = torch.bincount(self.train.y).float()
+            w = (1.0 / counts)[self.train.y]
+            order = torch.multinomial(w, n, replacement=True, generator=self.g)
+        else:
+            order = torch.randperm(n, generator=self.g)
+        total, count = 0.0, 0
+        for s in range(0, n, cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            x = self._normalize(self.augment(self.train.x[idx]))
+            y = self.train.y[idx]
+            if cfg.mixup > 0 or cfg.cutmix > 0:
+                x, target = self._mix(x, y)
+            else:
+                target = y.float() if y.ndim == 2 else y
+            logits = self.model(x)
+            loss = self.criterion(logits, target)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            total += loss.item() * len(idx)
+            count += len(idx)
+            bar.advance(len(idx))
+        return total / max(count, 1)
+
+    def predict_logits(self, x, model=None, tta: bool | None = None, batch_size: int = 256):
+        """Logits for a uint8 tensor, in eval mode (with horizontal-flip TTA when enabled)."""
+        torch = self.torch
+        model = model or (self.ema.model if self.ema is not None else self.model)
+        tta = self.cfg.tta if tta is None else tta
+        model.eval()
+        outs = []
+        with torch.no_grad():
+            for s in range(0, len(x), batch_size):
+                xb = self._normalize(x[s:s + batch_size].float())
+                out = model(xb)
+                if tta:
+                    out = (out + model(xb.flip(3))) / 2
+                outs.append(out)
+        return torch.cat(outs) if outs else torch.zeros(0, self.n_classes)
+
+    def _score(self) -> dict[str, float]:
+        torch = self.torch
+        if self.val is None or not len(self.val.x):
+            return {}
+        logits = self.predict_logits(self.val.x)
+        if self.task == "multilabel":
+            pred = (logits.sigmoid() >= 0.5).float()
+            f1 = _micro_f1(pred, self.val.y.float())
+            return {"val_micro_f1": f1}
+        loss = float(torch.nn.functional.cross_entropy(logits, self.val.y))
+        return {"val_accuracy": float((logits.argmax(1) == self.val.y).float().mean()), "val_loss": loss}
+
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        torch = self.torch
+        return {
+            "epoch": self.epoch, "phase": self.phase, "best": self.best, "bad_epochs": self.bad_epochs,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "ema": self.ema.model.state_dict() if self.ema else None,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "generator": self.g.get_state(),
+                    "numpy": _np_state(), "python": list(random.getstate()[1]) + [random.getstate()[2] or 0]},
+        }
+
+    def _save(self, name: str) -> None:
+        if self.ckpt_dir is None:
+            return
+        buf = io.BytesIO()
+        self.torch.save(self.state(), buf)
+        atomic_write_bytes(self.ckpt_dir / name, buf.getvalue())
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        torch = self.torch
+        try:
+            st = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DataError(f"{path}: unreadable checkpoint ({exc}); start a new run instead of --resume") from None
+        if st["phase"] != self.phase:
+            self._build_optimizer(st["phase"])
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.model.load_state_dict(st["ema"])
+        self.epoch, self.best, self.bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
+        self.history = list(st["history"])
+        torch.set_rng_state(st["rng"]["torch"])
+        self.g.set_state(st["rng"]["generator"])
+        _set_np_state(st["rng"]["numpy"])
+        py = st["rng"]["python"]
+        random.setstate((3, tuple(py[:-1]), py[-1] or None))
+
+    # -- the loop
+    def fit(self) -> list[dict]:
+        torch = self.torch
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        metric_key = "val_micro_f1" if self.task == "multilabel" else "val_accuracy"
+        while self.epoch < cfg.epochs:
+            if self.pretrained and self.phase == "head" and self.epoch >= cfg.head_epochs:
+                self._build_optimizer("all")
+            t0 = time.perf_counter()
+            with progress_bar(len(self.train.x), f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
+                loss = self._train_epoch(bar)
+            train_s = time.perf_counter() - t0
+            self.epoch += 1
+            rec = {"epoch": self.epoch, "phase": self.phase, "train_loss": loss,
+                   "lr": self.opt.param_groups[0]["lr"], "train_s": train_s,
+                   "img_per_s": len(self.train.x) / max(train_s, 1e-9), **self._score()}
+            self.history.append(rec)
+            score = rec.get(metric_key)
+            improved = score is not None and (self.best is None or score > self.best)
+            if improved:
+                self.best, self.bad_epochs = score, 0
+            else:
+                self.bad_epochs += 1
+            self._save("last.pt")
+            if improved:
+                self._save("best.pt")
+            self.log(f"epoch {self.epoch}/{cfg.epochs}: loss {loss:.4f}"
+                     + (f", {metric_key} {score:.4f}" if score is not None else "")
+                     + f", {rec['img_per_s']:.0f} img/s")
+            if self.on_epoch:
+                self.on_epoch(rec)
+            if cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
+                self.log(f"early stopping: no improvement for {cfg.early_stopping} epochs")
+                break
+        return self.history
+
+
+def _micro_f1(pred, truth) -> float:
+    tp = float((pred * truth).sum())
+    fp = float((pred * (1 - truth)).sum())
+    fn = float(((1 - pred) * truth).sum())
+    return 2 * tp / max(2 * tp + fp + fn, 1e-9)
+
+
+def _np_state() -> dict:
+    st = np.random.get_state()
+    return {"keys": st[1].tolist(), "pos": int(st[2]), "has_gauss": int(st[3]), "gauss": float(st[4])}
+
+
+def _set_np_state(d: dict) -> None:
+    np.random.set_state(("MT19937", np.asarray(d["keys"], dtype=np.uint32), d["pos"], d["has_gauss"], d["gauss"]))
