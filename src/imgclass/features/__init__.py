@@ -47,6 +47,11 @@ class Concat(FeatureExtractor):
         for p in self.parts:
             p.prepare()
 
+    @property
+    def classifier_defaults(self):  # type: ignore[override]
+        deep = [p for p in self.parts if getattr(p, "cacheable", False)]
+        return deep[0].classifier_defaults if len(deep) == len(self.parts) else {}
+
     def preprocess_defaults(self):
         deep = [p for p in self.parts if getattr(p, "cacheable", False)]
         return deep[0].preprocess_defaults() if deep else {"size": self.size}

@@ -169,21 +169,27 @@ def create_backbone(name: str, pretrained: str | None = "imagenet", num_classes:
         except Exception as exc:
             raise ConfigError(f"cannot fetch pretrained {arch} weights from the hub ({exc}); are you online? "
                               "Use lite0/lite1/lite2 (packaged offline), --pretrained FILE or @scratch") from None
-    model = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
-    if pretrained == "imagenet":
-        import torch
+    import torch
 
+    if pretrained == "imagenet":
         short = name if name in LITE else next(k for k, v in LITE.items() if v[0] == arch)
         sd = convert_lite_state_dict(torch.load(str(lite_weights_file(short)), map_location="cpu",
                                                 weights_only=True), short)
     else:
         sd = load_state_dict_file(pretrained)
+    # size the head like the weights (a file may hold no classifier, or one for other classes)
+    probe = timm.create_model(arch, pretrained=False, num_classes=1000, **kwargs)
+    clf = probe.pretrained_cfg.get("classifier", "classifier") if hasattr(probe, "pretrained_cfg") else "classifier"
+    w = sd.get(f"{clf}.weight")
+    file_classes = int(w.shape[0]) if w is not None else 0
+    model = probe if file_classes == 1000 else timm.create_model(arch, pretrained=False, num_classes=file_classes,
+                                                                 **kwargs)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         missing = str(exc).splitlines()[0]
         raise ModelFormatError(f"weights do not fit {arch}: {missing}") from None
-    if num_classes != 1000:
+    if num_classes != file_classes:
         model.reset_classifier(num_classes)
     return model
 

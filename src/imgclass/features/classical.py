@@ -51,6 +51,8 @@ class FeatureExtractor:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_fit: ClassVar[bool] = False
+    #: per-classifier hyper-parameters that suit this extractor's features (overrides the defaults)
+    classifier_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     size: int = 64
 
     def get_params(self) -> dict[str, Any]:

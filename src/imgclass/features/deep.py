@@ -46,6 +46,25 @@ def _weights_id(backbone: str, pretrained: str | None) -> str:
     return f"file-{h.hexdigest()[:16]}-{st.st_size}"
 
 
+def export_onnx(model, size: int, path: str | os.PathLike) -> Path:
+    """Export ``model`` (input ``image``: N x 3 x size x size, dynamic batch) to ONNX, atomically."""
+    import io
+    import warnings
+
+    import torch
+
+    from .._util import atomic_write_bytes
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model.eval(), torch.zeros(1, 3, size, size), buf, dynamo=False, input_names=["image"],
+                          output_names=["output"], opset_version=17,
+                          dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 class EmbeddingCache:
     """A SQLite key-value store of float32 vectors: one database per (backbone, weights, pre-processing).
 
@@ -103,18 +122,24 @@ class DeepEmbedding(FeatureExtractor):
     description: ClassVar[str] = "frozen deep embeddings of a pretrained backbone (ONNX Runtime, cached on disk)"
     cacheable: ClassVar[bool] = True
 
+    #: Classifier defaults that suit these embeddings (1,000+ correlated dimensions need strong
+    #: regularisation): on CIFAR-10 12k, lite0 + standardised logistic regression gives 0.767 at
+    #: C=0.1, 0.785 at C=0.01 and 0.797 at C=0.003 (0.810 with flip-averaged embeddings).
+    classifier_defaults: ClassVar[dict[str, dict[str, Any]]] = {"logreg": {"C": 0.003}}
+
     def __init__(self, backbone: str = "lite0", pretrained: str | None = "imagenet", size: int | None = None,
-                 output: str = "embedding", batch_size: int = 32, cache: bool = True):
+                 output: str = "embedding", batch_size: int = 32, cache: bool = True, tta: bool = True):
         if output not in ("embedding", "probabilities"):
             raise ConfigError(f"output {output!r}: choose embedding or probabilities")
         cfg = backbone_config(backbone)
         self.backbone, self.pretrained, self.output = backbone, pretrained, output
         self.size = int(size or cfg.input_size)
         self.batch_size, self.cache = batch_size, cache
+        self.tta = tta and output == "embedding"  # average the embeddings of the image and its mirror
         self.config = cfg
         self.name = backbone  # type: ignore[misc]  (instances are named by their backbone)
         self._params = {"backbone": backbone, "pretrained": pretrained, "size": self.size, "output": output,
-                        "batch_size": batch_size, "cache": cache}
+                        "batch_size": batch_size, "cache": cache, "tta": self.tta}
         self._onnx_path: str | None = None
 
     def preprocess_defaults(self) -> dict[str, Any]:
@@ -129,7 +154,7 @@ class DeepEmbedding(FeatureExtractor):
         return f"{self.config.arch}-{wid}-{self.output}"
 
     def namespace(self, preprocess: dict[str, Any]) -> str:
-        blob = json.dumps({"model": self._model_key(), "pre": preprocess}, sort_keys=True)
+        blob = json.dumps({"model": self._model_key(), "pre": preprocess, "tta": self.tta}, sort_keys=True)
         return f"{self.config.arch}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
     def prepare(self) -> str:
@@ -140,22 +165,11 @@ class DeepEmbedding(FeatureExtractor):
         if not path.exists():
             import torch
 
-            from .._util import atomic_write_bytes
-
             model = create_backbone(self.backbone, pretrained=self.pretrained,
                                     num_classes=1000 if self.output == "probabilities" else 0).eval()
             if self.output == "probabilities":
                 model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))
-            import io
-            import warnings
-
-            buf = io.BytesIO()
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, torch.zeros(1, 3, self.size, self.size), buf, dynamo=False,
-                                  input_names=["image"], output_names=["output"], opset_version=17,
-                                  dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
-            atomic_write_bytes(path, buf.getvalue())
+            export_onnx(model, self.size, path)
         self._onnx_path = str(path)
         return self._onnx_path
 
@@ -181,7 +195,10 @@ class DeepEmbedding(FeatureExtractor):
         for i in range(0, len(images), self.batch_size):
             batch = np.stack([self._fit_size(im) for im in images[i:i + self.batch_size]]).astype(np.float32)
             x = (batch.transpose(0, 3, 1, 2) - mean) / std
-            out.append(sess.run(None, {"image": np.ascontiguousarray(x)})[0])
+            y = sess.run(None, {"image": np.ascontiguousarray(x)})[0]
+            if self.tta:
+                y = (y + sess.run(None, {"image": np.ascontiguousarray(x[..., ::-1])})[0]) / 2
+            out.append(y)
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
     def _fit_size(self, im: np.ndarray) -> np.ndarray:

@@ -30,55 +30,55 @@ def _scaled(clf):
     return make_pipeline(StandardScaler(), clf)
 
 
-def _logreg(seed):
+def _logreg(seed, **kw):
     from sklearn.linear_model import LogisticRegression
 
-    return _scaled(LogisticRegression(C=0.1, max_iter=2000))
+    return _scaled(LogisticRegression(**{"C": 0.1, "max_iter": 2000, **kw}))
 
 
-def _knn(seed):
+def _knn(seed, **kw):
     from sklearn.neighbors import KNeighborsClassifier
 
-    return _scaled(KNeighborsClassifier(n_neighbors=5, weights="distance"))
+    return _scaled(KNeighborsClassifier(**{"n_neighbors": 5, "weights": "distance", **kw}))
 
 
-def _linsvm(seed):
+def _linsvm(seed, **kw):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import LinearSVC
 
-    return _scaled(CalibratedClassifierCV(LinearSVC(C=0.01, max_iter=5000, random_state=seed), cv=3))
+    return _scaled(CalibratedClassifierCV(LinearSVC(**{"C": 0.01, "max_iter": 5000, "random_state": seed, **kw}), cv=3))
 
 
-def _svm(seed):
+def _svm(seed, **kw):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
     # Platt scaling through CalibratedClassifierCV (3 folds, sigmoid) instead of SVC(probability=True),
     # whose internal 5-fold CV costs ~5 extra fits.
-    return _scaled(CalibratedClassifierCV(SVC(C=10.0, gamma="scale", cache_size=1000), cv=3,
+    return _scaled(CalibratedClassifierCV(SVC(**{"C": 10.0, "gamma": "scale", "cache_size": 1000, **kw}), cv=3,
                                           method="sigmoid", ensemble=False))
 
 
-def _tree(seed):
+def _tree(seed, **kw):
     from sklearn.tree import DecisionTreeClassifier
 
-    return DecisionTreeClassifier(min_samples_leaf=3, random_state=seed)
+    return DecisionTreeClassifier(**{"min_samples_leaf": 3, "random_state": seed, **kw})
 
 
-def _rf(seed):
+def _rf(seed, **kw):
     from sklearn.ensemble import RandomForestClassifier
 
     # min_samples_leaf=2 and 200 trees: the lbp+rf bundle on CIFAR-10 12k shrinks from 272 MB to 129 MB,
     # accuracy 0.3405 -> 0.3390 (within noise on 2,000 validation images)
-    return RandomForestClassifier(n_estimators=200, min_samples_leaf=2, max_features="sqrt", n_jobs=-1,
-                                  random_state=seed)
+    return RandomForestClassifier(**{"n_estimators": 200, "min_samples_leaf": 2, "max_features": "sqrt",
+                                     "n_jobs": -1, "random_state": seed, **kw})
 
 
-def _mlp(seed):
+def _mlp(seed, **kw):
     from sklearn.neural_network import MLPClassifier
 
-    return _scaled(MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, early_stopping=True, max_iter=300,
-                                 random_state=seed))
+    return _scaled(MLPClassifier(**{"hidden_layer_sizes": (256,), "alpha": 1e-3, "early_stopping": True,
+                                    "max_iter": 300, "random_state": seed, **kw}))
 
 
 #: name -> (factory(seed) -> unfitted sklearn estimator, one-line description)
@@ -102,10 +102,11 @@ RECOMMENDED = [
 ]
 
 
-def make_classifier(name: str, seed: int = 0, task: str = "multiclass"):
+def make_classifier(name: str, seed: int = 0, task: str = "multiclass", params: dict[str, Any] | None = None):
+    """An unfitted scikit-learn classifier with imgclass's defaults, overridden by ``params``."""
     if name not in CLASSIFIERS:
         raise ConfigError(f"unknown classifier {name!r}; choose from {', '.join(CLASSIFIERS)}")
-    clf = CLASSIFIERS[name][0](seed)
+    clf = CLASSIFIERS[name][0](seed, **(params or {}))
     if task == "multilabel":
         from sklearn.multiclass import OneVsRestClassifier
 
@@ -198,7 +199,9 @@ class FeaturePipeline:
         if len(F) == 0:
             raise DataError("no readable training images")
         t0 = time.perf_counter()
-        clf = make_classifier(self.classifier, self.seed, self.task_) if isinstance(self.classifier, str) else self.classifier
+        clf = (make_classifier(self.classifier, self.seed, self.task_,
+                               self.extractor.classifier_defaults.get(self.classifier))
+               if isinstance(self.classifier, str) else self.classifier)
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning

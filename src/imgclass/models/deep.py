@@ -8,7 +8,6 @@ times faster than torch eager on this CPU; ``engine="torch"`` keeps everything i
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource
 from ..errors import ConfigError, ModelFormatError
 from ..features import decode_to_tensor
 from ..features.backbones import LITE, backbone_config, create_backbone
-from ..features.deep import cache_dir
+from ..features.deep import cache_dir, export_onnx
 from ..transforms import Preprocess
 from .classical import _sources_of, rank
 
@@ -97,7 +96,6 @@ class DeepClassifier:
     def _session(self):
         """An ONNX Runtime session for the current weights (exported once, cached on disk)."""
         import onnxruntime as ort
-        import torch
 
         key = self._weights_hash()
         if self._onnx is not None and self._onnx[0] == key:
@@ -105,18 +103,7 @@ class DeepClassifier:
         size = self.preprocess.size if isinstance(self.preprocess.size, int) else self.preprocess.size[0]
         path = cache_dir() / "onnx" / f"deep-{self.backbone_cfg.arch}-{size}-{key}.onnx"
         if not path.exists():
-            import warnings
-
-            from .._util import atomic_write_bytes
-
-            net = self.model_.eval()
-            buf = io.BytesIO()
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(net, torch.zeros(1, 3, size, size), buf, dynamo=False, input_names=["image"],
-                                  output_names=["logits"], opset_version=17,
-                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-            atomic_write_bytes(path, buf.getvalue())
+            export_onnx(self.model_, size, path)
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "0")) or (os.cpu_count() or 1)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -48,7 +48,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     schedule: str = "onecycle"
     warmup: float = 0.1  # fraction of the steps
-    weight_decay: float = 0.05
+    weight_decay: float | None = None  # None: 0.05 for AdamW (decoupled), 5e-4 for SGD/RMSprop
     label_smoothing: float = 0.1
     dropout: float = 0.0
     mixup: float = 0.0  # alpha; 0 = off
@@ -82,6 +82,11 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def default_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.05 if self.optimizer == "adamw" else 5e-4
 
     def default_lr(self) -> float:
         return self.lr if self.lr is not None else {"adamw": 2e-3, "sgd": 0.1, "rmsprop": 1e-3}[self.optimizer]
@@ -236,11 +241,11 @@ class Trainer:
         else:
             groups = [{"params": params, "lr": lr}]
         if cfg.optimizer == "adamw":
-            self.opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.default_weight_decay())
         elif cfg.optimizer == "sgd":
-            self.opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.default_weight_decay())
         else:
-            self.opt = torch.optim.RMSprop(groups, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.RMSprop(groups, lr=lr, momentum=0.9, weight_decay=cfg.default_weight_decay())
         head_phase = self.pretrained and cfg.head_epochs > 0
         epochs = cfg.head_epochs if phase == "head" else cfg.epochs - (cfg.head_epochs if head_phase else 0)
         total = max(1, epochs * self.steps_per_epoch)

@@ -29,8 +29,14 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
     """
     if not train.is_labelled:
         raise DataError(f"{train.name}: no labels to train on; give a folder per class, a CSV or JSONL")
-    cfg = train_config if isinstance(train_config, TrainConfig) else TrainConfig.from_dict(
-        {"seed": seed, **(train_config or {})})
+    from ..models import parse_spec
+
+    spec = parse_spec(method)
+    if isinstance(train_config, TrainConfig):
+        cfg = train_config
+    else:
+        base = method_defaults(spec.backbone, pretrained or spec.pretrained) if spec.kind == "deep" else {}
+        cfg = TrainConfig.from_dict({"seed": seed, **base, **(train_config or {})})
     model = build_model(method, seed=seed, n_jobs=n_jobs, preprocess=preprocess, max_pixels=max_pixels,
                         img_size=img_size, pretrained=pretrained, train_config=cfg.to_dict())
     if model.kind == "deep":
@@ -53,6 +59,19 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
             m = metrics(model.task_, val.targets[ok], P[ok], model.classes_)
             model.meta_["metrics"] = {"val": headline(model.task_, m)}
     return model, P
+
+
+def method_defaults(backbone: str | None, pretrained: str | None) -> dict[str, Any]:
+    """Training defaults per kind of deep method (the user's options override them).
+
+    ``smallcnn``: 15 epochs of batch 128 reach 0.80+ on CIFAR-10 12k in about 8 minutes on 2 cores.
+    Pretrained backbones: a lower peak LR, one head-only epoch, then the backbone at 0.1x.
+    """
+    if backbone == "smallcnn":
+        return {"epochs": 15, "batch_size": 128}
+    if pretrained is not None:
+        return {"epochs": 5, "lr": 1e-3, "head_epochs": 1, "backbone_lr_scale": 0.1}
+    return {}
 
 
 def _targets(ds: ImageDataset, ok: np.ndarray):

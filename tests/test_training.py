@@ -1,0 +1,169 @@
+"""The deep training engine: smallcnn end to end, deep bundles, checkpoints and exact resume after
+SIGKILL, augmentation and options. Tiny generated images and a tiny network keep it fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_colour_dataset
+
+import imgclass
+from imgclass.errors import ConfigError
+from imgclass.models import parse_spec
+from imgclass.training.engine import BatchAugment, TrainConfig
+
+FAST = {"epochs": 2, "batch_size": 16, "augment": "light", "lr": 3e-3}
+
+
+def test_deep_specs_parse():
+    s = parse_spec("resnet18@scratch")
+    assert (s.kind, s.backbone, s.pretrained) == ("deep", "resnet18", None)
+    assert parse_spec("lite0").pretrained == "imagenet"
+    assert parse_spec("smallcnn").pretrained is None
+    with pytest.raises(ConfigError, match="after '@'"):
+        parse_spec("lite0@nowhere")
+
+
+def test_train_config_is_validated():
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="adam9")
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="zigzag")
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0)
+    assert TrainConfig.from_dict(TrainConfig(epochs=3).to_dict()).epochs == 3
+
+
+def test_batch_augment_keeps_shape_and_is_seeded():
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    for preset in ("none", "light", "standard", "strong"):
+        a = BatchAugment(preset, torch.Generator().manual_seed(1))(x)
+        b = BatchAugment(preset, torch.Generator().manual_seed(1))(x)
+        assert a.shape == (8, 3, 16, 16) and a.dtype == torch.float32
+        assert torch.equal(a, b)
+        assert float(a.min()) >= 0 and float(a.max()) <= 255
+    light = BatchAugment("light", torch.Generator().manual_seed(0))(x)
+    flipped = [torch.equal(light[i], x[i].flip(2).float()) for i in range(8)]
+    same = [torch.equal(light[i], x[i].float()) for i in range(8)]
+    assert all(f or s for f, s in zip(flipped, same)) and any(flipped)
+    with pytest.raises(ConfigError):
+        BatchAugment("wild", torch.Generator())
+
+
+def test_smallcnn_trains_saves_and_reloads(tmp_path):
+    data = write_colour_dataset(tmp_path / "data", n_per_class=16, size=32)
+    model = imgclass.train(data, method="smallcnn", out=tmp_path / "run", val_split=0.25, train_config=FAST)
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    assert (run / "model" / "weights.safetensors").exists() and (run / "plots" / "training_curves.png").exists()
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["kind"] == "deep" and meta["backbone"] == "smallcnn" and len(meta["history"]) == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "epoch" in r] == [1, 2]
+    assert model.meta_["metrics"]["val"]["accuracy"] >= 0.9  # colours are easy
+    val = sorted(str(p) for p in (data / "red").iterdir())[:4]
+    P = model.predict_proba(val)
+    loaded = imgclass.load_model(run / "model")
+    assert np.allclose(loaded.predict_proba(val), P, atol=1e-5)
+    assert [r[0][0] for r in loaded.predict(val)] == ["red"] * 4
+    # torch and ONNX Runtime inference agree
+    loaded.engine = "torch"
+    assert np.allclose(loaded.predict_proba(val), P, atol=1e-4)
+
+
+def test_checkpoints_are_weights_only_loadable(tmp_path):
+    data = write_colour_dataset(tmp_path / "data", n_per_class=6, size=16)
+    imgclass.train(data, method="smallcnn", out=tmp_path / "run", train_config={**FAST, "epochs": 1})
+    st = torch.load(str(tmp_path / "run" / "checkpoints" / "last.pt"), weights_only=True)
+    assert st["epoch"] == 1 and "optimizer" in st and "rng" in st
+
+
+def _run_cli(args, env):
+    return subprocess.Popen([sys.executable, "-c", "from imgclass.cli import main; main()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted_run(tmp_path):
+    data = write_colour_dataset(tmp_path / "data", n_per_class=60, size=32, seed=3)
+    env = {**os.environ, "IMGCLASS_JOBS": "1", "IMGCLASS_PROGRESS": "0"}
+    opts = ["--method", "smallcnn", "--epochs", "3", "--batch-size", "4", "--augment", "standard", "--seed", "1"]
+    # the reference: uninterrupted
+    ref = _run_cli(["train", str(data), *opts, "--out", str(tmp_path / "ref"), "--json"], env)
+    out, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    ref_acc = json.loads(out)["metrics"]["accuracy"]
+    # the victim: killed with SIGKILL once epoch 1 is logged, i.e. inside epoch 2
+    victim = _run_cli(["train", str(data), *opts, "--out", str(tmp_path / "run")], env)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if log.exists() and '"epoch": 1' in log.read_text():
+            break
+        time.sleep(0.02)
+    time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    st = torch.load(str(tmp_path / "run" / "checkpoints" / "last.pt"), weights_only=True)
+    assert st["epoch"] == 1, "the kill must land in epoch 2"
+    assert not (tmp_path / "run" / "model").exists()
+    resumed = _run_cli(["train", "--resume", str(tmp_path / "run"), "--json"], env)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    acc = json.loads(out)["metrics"]["accuracy"]
+    meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+    assert abs(acc - ref_acc) <= 0.05
+    ref_meta = json.loads((tmp_path / "ref" / "model" / "model.json").read_text())
+    assert meta["history"][-1]["train_loss"] == pytest.approx(ref_meta["history"][-1]["train_loss"], rel=0.05)
+
+
+def test_resume_of_a_classical_run_is_refused(tmp_path, capsys):
+    from imgclass.cli import main
+
+    data = write_colour_dataset(tmp_path / "data", n_per_class=6, size=16)
+    assert main(["train", str(data), "--method", "pixels+logreg", "--out", str(tmp_path / "run")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "only deep runs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+
+
+def test_unfreeze_trains_only_the_last_blocks():
+    from imgclass.features.backbones import create_backbone
+    from imgclass.training.engine import _blocks, set_trainable
+
+    net = create_backbone("test_efficientnet", pretrained=None, num_classes=3)
+    set_trainable(net, "head", None)
+    assert all(p.requires_grad for p in net.get_classifier().parameters())
+    assert not any(p.requires_grad for p in net.conv_stem.parameters())
+    set_trainable(net, "all", 1)
+    blocks = _blocks(net)
+    assert all(p.requires_grad for p in blocks[-1].parameters())
+    assert not any(p.requires_grad for p in blocks[0].parameters())
+    set_trainable(net, "all", None)
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_fine_tune_from_local_weights_head_first(tmp_path):
+    """A pretrained (local file) backbone: epoch 1 trains the head only, then everything."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet", num_classes=0)
+    wfile = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(wfile))
+    data = write_colour_dataset(tmp_path / "data", n_per_class=8, size=32)
+    model = imgclass.train(data, method="test_efficientnet", pretrained=str(wfile), img_size=32,
+                           out=tmp_path / "run", train_config={**FAST, "head_epochs": 1})
+    assert [h["phase"] for h in model.history_] == ["head", "all"]
+    assert Path(tmp_path / "run" / "model" / "weights.safetensors").exists()
