@@ -87,7 +87,7 @@ def test_imagenet_class_names():
 
 
 def test_embeddings_match_torch_and_are_cached(tmp_path, tiny_weights, colour_folder):
-    ex = tiny(tiny_weights)
+    ex = tiny(tiny_weights, tta=False)
     pre = Preprocess(size=32)
     sources = imgclass.load_dataset(colour_folder).sources[:6]
     first = extract_features(ex, sources, pre)
@@ -101,6 +101,11 @@ def test_embeddings_match_torch_and_are_cached(tmp_path, tiny_weights, colour_fo
     with torch.no_grad():
         ref = model(torch.from_numpy((arr.transpose(0, 3, 1, 2) - mean) / std)).numpy()
     assert np.abs(ref - first.X).max() < 1e-4
+    # flip TTA averages the embeddings of the image and its mirror
+    with torch.no_grad():
+        ref_flip = model(torch.from_numpy((arr[:, :, ::-1].copy().transpose(0, 3, 1, 2) - mean) / std)).numpy()
+    tta = extract_features(tiny(tiny_weights, tta=True), sources, pre)
+    assert np.abs((ref + ref_flip) / 2 - tta.X).max() < 1e-4
     # the second pass reads the cache: poison the stored rows and see them come back
     cache = EmbeddingCache(ex.namespace(pre.to_dict()))
     assert cache.path.exists()
@@ -113,7 +118,7 @@ def test_embeddings_match_torch_and_are_cached(tmp_path, tiny_weights, colour_fo
     other = extract_features(ex, sources, Preprocess(size=32, grayscale=True))
     assert not np.all(other.X == 7.0)
     # cache off → computed afresh
-    assert np.abs(extract_features(tiny(tiny_weights, cache=False), sources, pre).X - first.X).max() < 1e-6
+    assert np.abs(extract_features(tiny(tiny_weights, cache=False, tta=False), sources, pre).X - first.X).max() < 1e-6
 
 
 def test_bad_files_are_skipped_with_deep_features(tmp_path, tiny_weights, colour_folder):
