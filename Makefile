@@ -31,7 +31,12 @@ test: lint
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/digits.py
+	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/classical_vs_sklearn.py
+	$(BIN)/python bench/cifar_classical.py
+	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/cifar_frozen.py
+	$(BIN)/python bench/cifar_deep.py ../shared/datasets/cifar10-12k smallcnn
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -36,7 +36,7 @@ def main() -> None:
     paths = ds.sources[:: max(1, len(ds) // n)][:n]
     for p in paths:  # warm the page cache
         open(p, "rb").read()
-    ex = DeepEmbedding("lite0", cache=False)
+    ex = DeepEmbedding("lite0", cache=False, tta=False)  # one pass per image, like the raw baselines
     pre = Preprocess.from_dict(ex.preprocess_defaults())
     onnx_path = ex.prepare()
     extract_features(ex, paths[:64], pre, n_jobs=2)  # start the workers and their sessions

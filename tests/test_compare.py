@@ -43,3 +43,15 @@ def test_compare_out_keeps_bundles(colour_folder, tmp_path):
 def test_compare_errors(colour_folder, methods, kw, needle):
     with pytest.raises(ConfigError, match=needle):
         imgclass.compare(colour_folder, methods, **kw)
+
+
+def test_compare_ranks_deep_and_classical_methods_together(tmp_path):
+    from conftest import write_colour_dataset
+
+    import imgclass
+
+    data = write_colour_dataset(tmp_path / "data", n_per_class=10, size=32)
+    rows = imgclass.compare(data, ["pixels+logreg", "smallcnn"], val_split=0.3)
+    assert {r["method"] for r in rows} == {"pixels+logreg", "smallcnn"}
+    deep = next(r for r in rows if r["method"] == "smallcnn")
+    assert deep["size_bytes"] > 100_000 and deep["fit_s"] > 0 and 0 <= deep["accuracy"] <= 1

@@ -40,6 +40,9 @@ def compare(train: ImageDataset, val: ImageDataset, methods: Sequence[str], seed
     cache: dict[tuple, tuple] = {}
     rows = []
     for spec in specs:
+        if spec.kind == "deep":
+            rows.append(_compare_deep(spec, train, val, seed, n_jobs, preprocess, speed_sample, save_dir, log))
+            continue
         model = build_model(spec.text, seed=seed, n_jobs=n_jobs, preprocess=preprocess)
         model.classes_, model.task_, model.taxonomy_ = list(train.classes), train.task, train.taxonomy
         key = (spec.features, repr(model.preprocess.to_dict()))
@@ -60,19 +63,41 @@ def compare(train: ImageDataset, val: ImageDataset, methods: Sequence[str], seed
         t0 = time.perf_counter()
         model.predict_proba(sample)
         ips = len(sample) / max(time.perf_counter() - t0, 1e-9)
-        with tempfile.TemporaryDirectory() as tmp:
-            dest = Path(save_dir) / spec.text if save_dir else Path(tmp) / "model"
-            model.save(dest, metrics={"val": {k: v for k, v in m.items() if isinstance(v, float)}},
-                       data_fingerprint=train.fingerprint())
-            size = _dir_size(dest)
-        score_key = "micro_f1" if train.task == "multilabel" else "accuracy"
-        row = {"method": spec.text, "accuracy": m.get(score_key), "macro_f1": m.get("macro_f1"),
-               "fit_s": fit_s, "predict_ips": ips, "size_bytes": size, "metrics": m,
-               "skipped": len(ftr.errors) + len(fva.errors)}
-        log(f"{spec.text}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, fit {fit_s:.1f}s")
-        rows.append(row)
+        rows.append(_row(spec, model, m, fit_s, ips, train, save_dir, len(ftr.errors) + len(fva.errors), log))
     rows.sort(key=lambda r: (-(r["accuracy"] or 0), -(r["macro_f1"] or 0)))
     return rows
+
+
+def _row(spec, model, m, fit_s, ips, train, save_dir, skipped, log) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(save_dir) / spec.text if save_dir else Path(tmp) / "model"
+        model.save(dest, metrics={"val": {k: v for k, v in m.items() if isinstance(v, float)}},
+                   data_fingerprint=train.fingerprint())
+        size = _dir_size(dest)
+    score_key = "micro_f1" if train.task == "multilabel" else "accuracy"
+    row = {"method": spec.text, "accuracy": m.get(score_key), "macro_f1": m.get("macro_f1"),
+           "fit_s": fit_s, "predict_ips": ips, "size_bytes": size, "metrics": m, "skipped": skipped}
+    log(f"{spec.text}: accuracy {row['accuracy']:.4f}, macro-F1 {row['macro_f1']:.4f}, fit {fit_s:.1f}s")
+    return row
+
+
+def _compare_deep(spec, train, val, seed, n_jobs, preprocess, speed_sample, save_dir, log) -> dict[str, Any]:
+    """A deep method in the leaderboard: trained by the engine with its default options."""
+    import numpy as np
+
+    from ..training import fit_model
+
+    t0 = time.perf_counter()
+    model, P = fit_model(train, spec.text, val=val, seed=seed, n_jobs=n_jobs, preprocess=preprocess, log=log)
+    fit_s = time.perf_counter() - t0
+    ok = ~np.isnan(P).any(axis=1)
+    m = metrics(train.task, val.targets[ok], P[ok], model.classes_)
+    sample = val.sources[:speed_sample]
+    t0 = time.perf_counter()
+    model.predict_proba(sample)
+    ips = len(sample) / max(time.perf_counter() - t0, 1e-9)
+    skipped = len(model.meta_.get("train_skipped", [])) + len(model.meta_.get("val_skipped", []))
+    return _row(spec, model, m, fit_s, ips, train, save_dir, skipped, log)
 
 
 __all__ = ["compare"]

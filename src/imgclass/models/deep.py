@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource
 from ..errors import ConfigError, ModelFormatError
 from ..features import decode_to_tensor
-from ..features.backbones import LITE, backbone_config, create_backbone
+from ..features.backbones import backbone_config, create_backbone
 from ..features.deep import cache_dir, export_onnx
 from ..transforms import Preprocess
 from .classical import _sources_of, rank
@@ -44,14 +45,11 @@ class DeepClassifier:
         size = int(img_size or self.backbone_cfg.input_size)
         if preprocess is None:
             preprocess = Preprocess(size=size, resize="crop" if pretrained else "squash",
-                                    interpolation=self.backbone_cfg.interpolation, mean=self.backbone_cfg.mean, std=self.backbone_cfg.std)
-        elif preprocess.size is None:
-            from dataclasses import replace
-
+                                    interpolation=self.backbone_cfg.interpolation, mean=self.backbone_cfg.mean,
+                                    std=self.backbone_cfg.std)
+        if preprocess.size is None:
             preprocess = replace(preprocess, size=size)
         if preprocess.mean is None:
-            from dataclasses import replace
-
             preprocess = replace(preprocess, mean=self.backbone_cfg.mean, std=self.backbone_cfg.std)
         self.preprocess = preprocess
         self.train_config = dict(train_config or {})
@@ -199,6 +197,3 @@ class DeepClassifier:
     def __repr__(self) -> str:
         return f"DeepClassifier(method={self.method!r}, classes={len(self.classes_)}, fitted={self.model_ is not None})"
 
-
-def is_pretrained_available(backbone: str) -> bool:
-    return backbone in LITE

@@ -1,10 +1,10 @@
 """Fitting estimators and keeping the run directory.
 
-The deep-learning training loop (single process and DDP) lands here with the deep-learning issue;
-classical pipelines fit in one call.
+Classical pipelines fit in one call; deep models train with the one engine (``engine.Trainer``).
 """
 
+from .engine import TrainConfig, Trainer
 from .fit import fit_model
 from .run import RunDir
 
-__all__ = ["RunDir", "fit_model"]
+__all__ = ["RunDir", "TrainConfig", "Trainer", "fit_model"]

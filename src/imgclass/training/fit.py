@@ -70,7 +70,7 @@ def method_defaults(backbone: str | None, pretrained: str | None) -> dict[str, A
     if backbone == "smallcnn":
         return {"epochs": 15, "batch_size": 128}
     if pretrained is not None:
-        return {"epochs": 5, "lr": 1e-3, "head_epochs": 1, "backbone_lr_scale": 0.1}
+        return {"epochs": 4, "batch_size": 32, "lr": 1e-3, "head_epochs": 1, "backbone_lr_scale": 0.3}
     return {}
 
 
