@@ -167,3 +167,20 @@ def test_fine_tune_from_local_weights_head_first(tmp_path):
                            out=tmp_path / "run", train_config={**FAST, "head_epochs": 1})
     assert [h["phase"] for h in model.history_] == ["head", "all"]
     assert Path(tmp_path / "run" / "model" / "weights.safetensors").exists()
+
+
+def test_lr_find_suggests_a_learning_rate_and_plots(tmp_path, capsys):
+    from imgclass.cli import main
+    from imgclass.training.lr_find import suggest
+
+    data = write_colour_dataset(tmp_path / "data", n_per_class=8, size=16)
+    assert main(["lr-find", str(data), "--method", "smallcnn", "--steps", "30", "--out", str(tmp_path / "lr.png"),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 1e-6 <= res["suggestion"] <= 1.0 and res["lrs"] == sorted(res["lrs"])
+    # the suggestion is where the loss falls fastest
+    lrs = list(np.logspace(-5, 0, 50))
+    losses = [2.0 if lr < 1e-3 else (1.0 if lr > 1e-2 else 2.0 - (np.log10(lr) + 3)) for lr in lrs]
+    assert 1e-3 <= suggest(lrs, losses) <= 1e-2
+    assert main(["lr-find", str(data), "--method", "pixels+logreg"]) == 2

@@ -148,6 +148,19 @@ def _resume(run_path: str | os.PathLike, log):
                            img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log)
 
 
+def lr_find(data: ImageDataset | str | os.PathLike, method: str, *, out: str | os.PathLike | None = None,
+            task: str | None = None, val_split: float = 0.2, seed: int = 0, **kw):
+    """Learning-rate range test for a deep method on the training split; with ``out`` writes the plot."""
+    from .training.lr_find import lr_find as _lr_find
+
+    ds = _as_dataset(data, task)
+    _, train_ds, _ = prepare_split(ds, val_split, seed)
+    res = _lr_find(train_ds, method, seed=seed, **kw)
+    if out is not None:
+        res.plot(out, title=f"lr-find: {method} on {ds.name}")
+    return res
+
+
 def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = None):
     """A model object, or the bundle at a path loaded; optionally set its image limit and workers."""
     model = load_model(model) if isinstance(model, (str, os.PathLike)) else model

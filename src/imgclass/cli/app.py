@@ -267,6 +267,33 @@ def _human_size(n: int) -> str:
     return str(n)
 
 
+# --------------------------------------------------------------------------- lr-find
+@app.command("lr-find", epilog="Example: imgclass lr-find photos/ --method smallcnn --out lr.png")
+def lr_find(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Labelled folder, CSV or JSONL.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="A deep method, e.g. smallcnn or lite0.")] = "smallcnn",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the loss-vs-LR plot.")] = Path("lr_find.png"),
+    steps: Annotated[int, typer.Option(help="Training steps in the sweep.")] = 100,
+    start: Annotated[float, typer.Option(help="First learning rate.")] = 1e-6,
+    end: Annotated[float, typer.Option(help="Last learning rate.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    img_size: Annotated[int | None, typer.Option(help="Input size in pixels (default: the backbone's).")] = None,
+    optimizer: Annotated[str, typer.Option(help="adamw, sgd or rmsprop.")] = "adamw",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the curve and the suggestion as JSON.")] = False,
+):
+    """Learning-rate range test: plot loss against LR and suggest a value for --lr."""
+    from .. import api
+
+    res = api.lr_find(data, method, out=out, steps=steps, start=start, end=end, batch_size=batch_size,
+                      img_size=img_size, optimizer=optimizer, seed=seed)
+    if json_out:
+        _print_json({"suggestion": res.suggestion, "lrs": res.lrs, "losses": res.losses, "plot": str(out)})
+        return
+    sug = f"{res.suggestion:.2e}" if res.suggestion else "none (too few steps)"
+    typer.echo(f"suggested --lr {sug}  (plot: {out})")
+
+
 # --------------------------------------------------------------------------- methods
 @app.command(epilog="Example: imgclass methods")
 def methods():
