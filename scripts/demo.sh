@@ -13,9 +13,9 @@ imgclass data check "$DIGITS"
 echo; echo "== imgclass compare (50/50 stratified split, seed 0)"
 imgclass compare "$DIGITS" --methods pixels+svm,hog+svm,hog+logreg,pixels+knn,lbp+rf --val-split 0.5 --seed 0
 
-echo; echo "== imgclass train $DIGITS --method pixels+svm"
+echo; echo "== imgclass train $DIGITS --method hog+svm (the leaderboard winner)"
 rm -rf runs/demo-digits
-imgclass train "$DIGITS" --method pixels+svm --val-split 0.5 --seed 0 --out runs/demo-digits
+imgclass train "$DIGITS" --method hog+svm --val-split 0.5 --seed 0 --out runs/demo-digits
 
 echo; echo "== imgclass predict on held-out images (from runs/demo-digits/split.json)"
 HELD_OUT=$(python - <<'PY'
