@@ -289,9 +289,10 @@ class Trainer:
         torch = self.torch
         cfg = self.cfg
         self.model.train()
-        if self.phase == "head":  # frozen backbone: keep its BatchNorm statistics
-            self.model.eval()
-            self.model.get_classifier().train()
+        for mod in self.model.modules():  # frozen layers keep their BatchNorm statistics
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in mod.parameters()):
+                mod.eval()
         n = len(self.train.x)
         if cfg.balance == "sampler" and self.train.y.ndim == 1:
             counts = torch.bincount(self.train.y).float()
