@@ -146,7 +146,9 @@ def train(
         model = api.train(resume=resume, log=_err)
     else:
         if out is None:
-            out = Path("runs") / f"{Path(data).stem or 'data'}-{method.replace('+', '-').replace(',', '_').replace('@', '-')}"
+            from ..training import default_run_dir
+
+            out = default_run_dir(data, method)
         model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
                           split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
                           preprocess=_preprocess(size, resize, grayscale, denoise, equalize),

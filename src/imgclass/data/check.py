@@ -32,7 +32,7 @@ def _inspect(src, max_pixels):
     except Exception:
         pass
     try:
-        load_image(bytes(data) if data else src, max_pixels=max_pixels)
+        load_image(data if data else src, max_pixels=max_pixels)
     except ImageLoadError as exc:
         return digest, size, mode, exc.reason
     return digest, size, mode, None

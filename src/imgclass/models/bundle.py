@@ -136,7 +136,9 @@ def save_deep_bundle(model, path: str | os.PathLike, metrics: dict[str, Any] | N
     meta["history"] = model.history_
     with atomic_dir(path) as tmp:
         sd = {k: v.detach().contiguous() for k, v in model.model_.state_dict().items()}
-        save_file(sd, str(tmp / "weights.safetensors"))
+        from .deep import WEIGHTS_FILE
+
+        save_file(sd, str(tmp / WEIGHTS_FILE))
         (tmp / MODEL_JSON).write_text(dumps(meta) + "\n", encoding="utf-8")
     model.meta_.update({k: meta[k] for k in ("metrics", "data_fingerprint")})
     return path

@@ -236,10 +236,8 @@ class FeaturePipeline:
         sources = _sources_of(X)
         feats = self.features(sources, "predict")
         self.errors_ = feats.errors
-        out = np.full((len(sources), len(self.classes_)), np.nan)
-        if len(feats.X):
-            out[feats.ok] = self.predict_proba_features(feats.X)
-        return out
+        rows = self.predict_proba_features(feats.X) if len(feats.X) else feats.X
+        return with_gaps(len(sources), feats.ok, rows, len(self.classes_))
 
     def predict(self, X: ImageDataset | Sequence[ImageSource], top_k: int = 1) -> list[list[tuple[str, float]] | None]:
         """Top-k ``(label, probability)`` per image, best first; ``None`` for unreadable images."""
@@ -266,6 +264,15 @@ class FeaturePipeline:
 
     def __repr__(self) -> str:
         return f"FeaturePipeline(method={self.method!r}, classes={len(self.classes_)}, fitted={self.classifier_ is not None})"
+
+
+def with_gaps(n: int, ok: np.ndarray, rows: np.ndarray, n_cols: int) -> np.ndarray:
+    """An ``(n, n_cols)`` matrix holding ``rows`` at the ``ok`` positions and NaN rows elsewhere
+    (the shape every ``predict_proba`` returns when some images could not be read)."""
+    out = np.full((n, n_cols), np.nan)
+    if len(rows):
+        out[ok] = rows
+    return out
 
 
 def rank(P: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[list[tuple[str, float]] | None]:

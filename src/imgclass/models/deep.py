@@ -22,7 +22,7 @@ from ..features import decode_to_tensor
 from ..features.backbones import backbone_config, create_backbone
 from ..features.deep import cache_dir, export_onnx
 from ..transforms import Preprocess
-from .classical import _sources_of, rank
+from .classical import _sources_of, rank, with_gaps
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -150,10 +150,8 @@ class DeepClassifier:
         x, ok, errors = decode_to_tensor(sources, self.preprocess, n_jobs=self.n_jobs, max_pixels=self.max_pixels,
                                          description="predict")
         self.errors_ = errors
-        out = np.full((len(sources), len(self.classes_)), np.nan)
-        if len(x):
-            out[ok] = self.proba_from_logits(self.logits_from_tensor(x))
-        return out
+        return with_gaps(len(sources), ok, self.proba_from_logits(self.logits_from_tensor(x)) if len(x) else [],
+                         len(self.classes_))
 
     def predict(self, X: Sequence[ImageSource], top_k: int = 1):
         return rank(self.predict_proba(X), self.classes_, top_k)

@@ -12,7 +12,7 @@ from ..features import extract_features
 from ..features.backbones import imagenet_classes
 from ..features.deep import DeepEmbedding
 from ..transforms import Preprocess
-from .classical import _sources_of, rank
+from .classical import _sources_of, rank, with_gaps
 
 PREFIX = "imagenet:"
 
@@ -45,10 +45,7 @@ class ImageNetClassifier:
         feats = extract_features(self.extractor, sources, self.preprocess, n_jobs=self.n_jobs,
                                  max_pixels=self.max_pixels, description="predict")
         self.errors_ = feats.errors
-        out = np.full((len(sources), len(self.classes_)), np.nan)
-        if len(feats.X):
-            out[feats.ok] = feats.X
-        return out
+        return with_gaps(len(sources), feats.ok, feats.X, len(self.classes_))
 
     def predict(self, X: Sequence[ImageSource], top_k: int = 1):
         return rank(self.predict_proba(X), self.classes_, top_k)

@@ -5,6 +5,6 @@ Classical pipelines fit in one call; deep models train with the one engine (``en
 
 from .engine import TrainConfig, Trainer
 from .fit import fit_model
-from .run import RunDir
+from .run import RunDir, default_run_dir
 
-__all__ = ["RunDir", "TrainConfig", "Trainer", "fit_model"]
+__all__ = ["RunDir", "TrainConfig", "Trainer", "default_run_dir", "fit_model"]

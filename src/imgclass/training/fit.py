@@ -12,6 +12,7 @@ import numpy as np
 from ..data import ImageDataset
 from ..errors import DataError
 from ..models import build_model
+from ..models.classical import with_gaps
 from ..tasks import headline, metrics
 from .engine import TrainConfig, TrainData, Trainer
 
@@ -127,10 +128,8 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
     model.errors_ = list(errtr)
     if va is None:
         return None
-    P = np.full((len(val), len(model.classes_)), np.nan)
-    if len(va.x):
-        P[okva] = model.proba_from_logits(model.logits_from_tensor(va.x))
-    return P
+    rows = model.proba_from_logits(model.logits_from_tensor(va.x)) if len(va.x) else []
+    return with_gaps(len(val), okva, rows, len(model.classes_))
 
 
 def decode_images(model, ds: ImageDataset, description: str):

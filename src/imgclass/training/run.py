@@ -12,6 +12,13 @@ from typing import Any
 from .._util import atomic_write_text, to_jsonable
 
 
+def default_run_dir(data: str | os.PathLike, method: str) -> Path:
+    """``runs/<data>-<method>`` with the spec's punctuation made filename-safe (``RunDir.create`` adds
+    ``-2``, ``-3`` … when it is taken)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{Path(data).stem or 'data'}-{method}").strip("-")
+    return Path("runs") / slug
+
+
 class RunDir:
     """A run folder. ``RunDir.create("runs/cats")`` makes it (``runs/cats-2`` if it exists).
 
