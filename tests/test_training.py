@@ -184,3 +184,67 @@ def test_lr_find_suggests_a_learning_rate_and_plots(tmp_path, capsys):
     losses = [2.0 if lr < 1e-3 else (1.0 if lr > 1e-2 else 2.0 - (np.log10(lr) + 3)) for lr in lrs]
     assert 1e-3 <= suggest(lrs, losses) <= 1e-2
     assert main(["lr-find", str(data), "--method", "pixels+logreg"]) == 2
+
+
+@pytest.mark.parametrize("arch,unfreeze", [("test_efficientnet", 2), ("resnet18", 1), ("smallcnn", 1),
+                                           ("convnext_atto", 1), ("mobilenetv3_small_050", 2)])
+def test_split_network_reproduces_the_full_forward(arch, unfreeze):
+    from imgclass.features.backbones import create_backbone
+    from imgclass.training.frozen import split_network
+
+    torch.manual_seed(0)
+    net = create_backbone(arch, pretrained=None, num_classes=4).eval()
+    trunk, tail = split_network(net, unfreeze)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tail(trunk(x)), net(x), atol=1e-4, rtol=1e-3)
+    assert split_network(net, 0) is None and split_network(net, 99) is None
+
+
+def test_activation_cache_matches_the_trunk_and_mirrors_exactly():
+    from imgclass.features.backbones import create_backbone
+    from imgclass.training.frozen import ActivationCache, split_network
+
+    torch.manual_seed(0)
+    net = create_backbone("test_efficientnet", pretrained=None, num_classes=3).eval()
+    trunk, _ = split_network(net, 2)
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    cache = ActivationCache.compute(trunk, x, (0.5,) * 3, (0.5,) * 3)
+    with torch.no_grad():
+        ref = trunk((x.float() / 255 - 0.5) / 0.5)
+        ref_m = trunk((x.flip(3).float() / 255 - 0.5) / 0.5)
+    idx = torch.arange(5)
+    torch.testing.assert_close(cache.batch(idx), ref, atol=2e-2, rtol=1e-2)  # float16 storage
+    torch.testing.assert_close(cache.batch(idx, torch.ones(5, dtype=torch.bool)), ref_m, atol=2e-2, rtol=1e-2)
+    shifted = cache.batch(idx, None, shift=1, generator=torch.Generator().manual_seed(0))
+    assert shifted.shape == ref.shape and not torch.equal(shifted, cache.batch(idx))
+
+
+def test_partial_fine_tune_trains_the_tail_on_cached_activations(tmp_path):
+    """--unfreeze with a pretrained backbone: the trunk runs once (cached), frozen weights stay
+    untouched, the tail learns, and the saved bundle predicts like the trained network."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet", num_classes=0)
+    wfile = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(wfile))
+    data = write_colour_dataset(tmp_path / "data", n_per_class=10, size=32)
+    logs = []
+    model = imgclass.train(data, method="test_efficientnet", pretrained=str(wfile), img_size=32,
+                           out=tmp_path / "run", log=logs.append,
+                           train_config={**FAST, "epochs": 4, "head_epochs": 1, "unfreeze": 1, "lr": 1e-2})
+    assert sum("cached frozen-block activations" in m for m in logs) == 2  # train and val, once each
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    torch.testing.assert_close(trained["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
+    torch.testing.assert_close(trained["blocks.3.0.conv_pw.weight"], net.state_dict()["blocks.3.0.conv_pw.weight"])
+    assert not torch.equal(trained["blocks.4.0.conv_pw.weight"], net.state_dict()["blocks.4.0.conv_pw.weight"])
+    # scoring on cached activations during training agrees with the finished network on the images
+    val = imgclass.load_dataset(data).subset(imgclass.load_dataset(data).load_split(tmp_path / "run" / "split.json")["val"])
+    acc = float((np.nanargmax(model.predict_proba(val), axis=1) == val.targets).mean())
+    best = max(h["val_accuracy"] for h in model.history_)
+    assert acc == pytest.approx(best, abs=1e-6)
+    again = imgclass.load_model(tmp_path / "run" / "model")
+    files = sorted(str(p) for p in (tmp_path / "data").rglob("*.png"))[:6]
+    np.testing.assert_allclose(again.predict_proba(files), model.predict_proba(files), atol=1e-5)

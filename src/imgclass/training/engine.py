@@ -61,6 +61,7 @@ class TrainConfig:
     head_epochs: int = 1  # pretrained backbones: epochs with the backbone frozen
     backbone_lr_scale: float = 0.1
     unfreeze: int | None = None  # train only the last N blocks (None = all)
+    cache_frozen: bool = True  # with unfreeze: run the frozen trunk once and cache its activations
     tta: bool = True
     threads: int | None = None
     seed: int = 0
@@ -225,6 +226,26 @@ class Trainer:
         self.phase = None
         self._build_optimizer("head" if pretrained and cfg.head_epochs > 0 else "all")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
+        self.split = None  # (trunk, tail) when the frozen trunk's activations are cached
+        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen:
+            from .frozen import split_network
+
+            self.split = split_network(self.model, cfg.unfreeze)
+        self._cache: dict[str, Any] = {}
+
+    def _activations(self, which: str):
+        """Cached trunk activations of the train or val images (computed on first use; not checkpointed,
+        since recomputing them is deterministic)."""
+        if which not in self._cache:
+            from .frozen import ActivationCache
+
+            data = self.train if which == "train" else self.val
+            t0 = time.perf_counter()
+            self._cache[which] = ActivationCache.compute(self.split[0], data.x, self.mean[0, :, 0, 0] / 255,
+                                                         self.std[0, :, 0, 0] / 255, f"cache frozen blocks ({which})")
+            self.log(f"cached frozen-block activations of {len(data.x)} {which} images "
+                     f"({self._cache[which].nbytes / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
+        return self._cache[which]
 
     # -- optimiser per phase (a new one when the backbone is unfrozen)
     def _build_optimizer(self, phase: str) -> None:
@@ -305,13 +326,20 @@ class Trainer:
             idx = order[s:s + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            x = self._normalize(self.augment(self.train.x[idx]))
+            if self.split is not None:
+                cache = self._activations("train")
+                flip = torch.rand(len(idx), generator=self.g) < 0.5 if cfg.augment != "none" else None
+                x = cache.batch(idx, flip, self._shift, self.g)
+                net = self.split[1]
+            else:
+                x = self._normalize(self.augment(self.train.x[idx]))
+                net = self.model
             y = self.train.y[idx]
             if cfg.mixup > 0 or cfg.cutmix > 0:
                 x, target = self._mix(x, y)
             else:
                 target = y.float() if y.ndim == 2 else y
-            logits = self.model(x)
+            logits = net(x)
             loss = self.criterion(logits, target)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -342,11 +370,38 @@ class Trainer:
                 outs.append(out)
         return torch.cat(outs) if outs else torch.zeros(0, self.n_classes)
 
+    @property
+    def _shift(self) -> int:
+        from .frozen import cache_shift
+
+        return cache_shift(self.cfg.augment, self._activations("train").plain.shape[-1])
+
+    def _cached_val_logits(self, batch_size: int = 256):
+        """Validation logits from cached trunk activations (flip TTA from the mirrored activations)."""
+        torch = self.torch
+        cache = self._activations("val")
+        tail = self.split[1]
+        ema = self.ema
+        if ema is not None:  # the EMA copy has its own parameters: split it the same way
+            from .frozen import split_network
+
+            tail = split_network(ema.model, self.cfg.unfreeze)[1]
+        tail.model.eval()
+        outs = []
+        with torch.no_grad():
+            for s in range(0, len(cache), batch_size):
+                idx = torch.arange(s, min(s + batch_size, len(cache)))
+                out = tail(cache.batch(idx))
+                if self.cfg.tta:
+                    out = (out + tail(cache.batch(idx, torch.ones(len(idx), dtype=torch.bool)))) / 2
+                outs.append(out)
+        return torch.cat(outs)
+
     def _score(self) -> dict[str, float]:
         torch = self.torch
         if self.val is None or not len(self.val.x):
             return {}
-        logits = self.predict_logits(self.val.x)
+        logits = self._cached_val_logits() if self.split is not None else self.predict_logits(self.val.x)
         if self.task == "multilabel":
             pred = (logits.sigmoid() >= 0.5).float()
             f1 = _micro_f1(pred, self.val.y.float())
@@ -401,6 +456,10 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         metric_key = "val_micro_f1" if self.task == "multilabel" else "val_accuracy"
+        if self.split is not None and self.epoch < cfg.epochs:
+            self._activations("train")
+            if self.val is not None and len(self.val.x):
+                self._activations("val")
         while self.epoch < cfg.epochs:
             if self.pretrained and self.phase == "head" and self.epoch >= cfg.head_epochs:
                 self._build_optimizer("all")
