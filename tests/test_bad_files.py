@@ -84,7 +84,7 @@ def test_predict_returns_none_for_bad_files(bad_run):
     good = sorted(str(p) for p in (bad_run["data"] / "green").glob("*.png"))[:2]
     bad = list(bad_run["bad"].values())
     preds = model.predict([good[0], *bad, good[1]])
-    assert preds[0][0][0] == "green" and preds[-1][0][0] == "green"
+    assert preds[0].label == "green" and preds[-1].label == "green"
     assert preds[1:-1] == [None] * len(bad)
     errors = dict(model.errors_)
     assert sorted(errors) == sorted(bad)
@@ -121,7 +121,7 @@ def test_cli_predict_json_reports_errors(bad_run, capsys):
     assert rc == 0
     doc = json.loads(out)
     assert [d["path"] for d in doc] == [bad["zero"], bad["corrupt"]]
-    assert all(d["predictions"] is None and d["error"] for d in doc)
+    assert all(d["label"] is None and d["error"] for d in doc)
 
 
 def test_cli_train_warns_about_each_bad_file(bad_run, tmp_path, capsys):

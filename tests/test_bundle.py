@@ -90,7 +90,7 @@ def bundle_copy(trained, tmp_path):
 def test_copied_bundle_loads_and_predicts(bundle_copy, trained):
     m = load_model(bundle_copy)
     srcs = sorted(str(p) for p in (trained["data"] / "green").iterdir())[:3]
-    assert [p[0][0] for p in m.predict(srcs)] == ["green"] * 3
+    assert [p.label for p in m.predict(srcs)] == ["green"] * 3
     assert m.meta_["bundle"] == str(bundle_copy)
     # model.json itself is accepted as the path too
     assert load_model(bundle_copy / "model.json").classes_ == m.classes_

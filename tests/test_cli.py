@@ -195,7 +195,7 @@ def test_predict_json(session):
     assert isinstance(doc, list) and len(doc) == 3
     for item, path in zip(doc, imgs):
         assert item["path"] == path
-        preds = item["predictions"]
+        preds = item["top"]
         assert len(preds) == 2
         assert all(set(p) == {"label", "probability"} for p in preds)
         assert preds[0]["label"] == "green"
@@ -319,4 +319,4 @@ def test_console_script_predict(session):
     proc = subprocess.run([str(exe), "predict", str(session["model"]), img, "--json"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[0]["predictions"][0]["label"] == "green"
+    assert json.loads(proc.stdout)[0]["label"] == "green"

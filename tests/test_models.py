@@ -7,7 +7,8 @@ import pytest
 
 from imgclass.data import load_dataset
 from imgclass.errors import ConfigError, DataError
-from imgclass.models import FeaturePipeline, build_model, list_methods, parse_spec, rank, split_methods
+from imgclass.models import FeaturePipeline, build_model, list_methods, parse_spec, split_methods
+from imgclass.tasks.decision import Decision
 
 
 # --------------------------------------------------------------------------- specs
@@ -67,16 +68,16 @@ def test_predict_top_k_sorted_pairs(split_colours):
     P = model.predict_proba(val)
     preds = model.predict(val.sources, top_k=2)
     assert len(preds) == len(val)
-    for row, pairs in zip(P, preds):
-        assert len(pairs) == 2
-        (l1, p1), (l2, p2) = pairs
+    for row, pred in zip(P, preds):
+        assert len(pred.top) == 2 and pred.label == pred.top[0][0]
+        (l1, p1), (l2, p2) = pred.top
         assert l1 != l2 and {l1, l2} <= set(model.classes_)
         assert p1 >= p2
         assert p1 == pytest.approx(row.max())
         assert p1 == pytest.approx(row[model.classes_.index(l1)])
         assert p2 == pytest.approx(row[model.classes_.index(l2)])
-    assert all(len(p) == 3 for p in model.predict(val.sources[:2], top_k=10))
-    assert all(len(p) == 1 for p in model.predict(val.sources[:2]))
+    assert all(len(p.top) == 3 for p in model.predict(val.sources[:2], top_k=10))
+    assert all(len(p.top) == 1 for p in model.predict(val.sources[:2]))
 
 
 def test_class_missing_from_training_gets_a_zero_column(colour_folder):
@@ -116,12 +117,12 @@ def test_pipeline_errors(colour_folder, tmp_path):
         build_model("pixels+logreg", n_jobs=1).fit(unlabelled)
 
 
-def test_rank():
+def test_multiclass_decision_ranks_top_k():
     P = np.array([[0.1, 0.7, 0.2], [np.nan, np.nan, np.nan], [0.5, 0.25, 0.25]])
-    out = rank(P, ["a", "b", "c"], top_k=2)
-    assert out[0] == [("b", 0.7), ("c", 0.2)]
+    out = Decision(task="multiclass", classes=["a", "b", "c"]).predict(P, top_k=2)
+    assert out[0].top == [("b", 0.7), ("c", 0.2)] and out[0].label == "b"
     assert out[1] is None
-    assert out[2] == [("a", 0.5), ("b", 0.25)]        # stable order on ties
+    assert out[2].top == [("a", 0.5), ("b", 0.25)]        # stable order on ties
 
 
 def test_multilabel_pipeline(tmp_path, make_colour_dataset):

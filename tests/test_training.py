@@ -74,7 +74,7 @@ def test_smallcnn_trains_saves_and_reloads(tmp_path):
     P = model.predict_proba(val)
     loaded = imgclass.load_model(run / "model")
     assert np.allclose(loaded.predict_proba(val), P, atol=1e-5)
-    assert [r[0][0] for r in loaded.predict(val)] == ["red"] * 4
+    assert [r.label for r in loaded.predict(val)] == ["red"] * 4
     # torch and ONNX Runtime inference agree
     loaded.engine = "torch"
     assert np.allclose(loaded.predict_proba(val), P, atol=1e-4)

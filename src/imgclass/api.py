@@ -49,6 +49,8 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
           n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
           preprocess: Preprocess | dict | None = None, train_config: dict | None = None,
           img_size: int | None = None, pretrained: str | None = None, resume: str | os.PathLike | None = None,
+          taxonomy: str | os.PathLike | None = None, positive: str | None = None, threshold_for: str | None = None,
+          min_confidence: float | None = None, hierarchy: str = "flat", balance: str | None = None,
           log: Callable[[str], Any] = lambda m: None):
     """Train ``method`` on ``data``. With ``out`` the whole run directory is written.
 
@@ -61,6 +63,11 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
     ``imgclass.training.TrainConfig``: epochs, batch_size, lr, optimizer, schedule, ...), ``img_size``
     and ``pretrained`` (a weights file). ``resume="runs/NAME"`` continues an interrupted deep run
     exactly from its last checkpoint, with the options stored in its ``config.yaml``.
+
+    Task options: ``taxonomy`` (a JSON/YAML tree file making the task hierarchical), ``hierarchy``
+    (``flat`` or ``local``), ``min_confidence`` (hierarchical fallback), ``positive`` and
+    ``threshold_for`` (binary: ``f1``, ``youden``, ``precision=0.95``, ``recall=0.9``), ``balance``
+    (``none``, ``weights``, ``sampler``). Thresholds are tuned on the validation split.
     """
     from .models import parse_spec
 
@@ -69,7 +76,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
     if data is None:
         raise ConfigError("train: give DATA (or --resume RUN)")
     spec = parse_spec(method)  # a bad --method fails before anything is written
-    ds = _as_dataset(data, task)
+    ds = _as_dataset(data, task, taxonomy=taxonomy) if taxonomy is not None else _as_dataset(data, task)
     preprocess = _as_preprocess(preprocess)
     if val is None:
         idx, train_ds, val_ds = prepare_split(ds, val_split, seed, split_file)
@@ -84,13 +91,18 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
                           "max_pixels": max_pixels, "n_jobs": n_jobs,
                           "preprocess": preprocess.to_dict() if preprocess else None,
                           "train": train_config, "img_size": img_size, "pretrained": pretrained,
+                          "taxonomy": os.path.abspath(taxonomy) if taxonomy is not None else None,
+                          "decision": {"positive": positive, "threshold_for": threshold_for,
+                                       "min_confidence": min_confidence, "hierarchy": hierarchy, "balance": balance},
                           "platform": platform.platform()})
         if idx is not None:
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         run.log(f"train {method} on {len(train_ds)} images, validate on {len(val_ds)}")
     return _fit_and_record(spec.kind, ds, train_ds, val_ds, method, run, seed=seed, n_jobs=n_jobs,
                            max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
-                           img_size=img_size, pretrained=pretrained, resume=False, log=log)
+                           img_size=img_size, pretrained=pretrained, resume=False, log=log, positive=positive,
+                           threshold_for=threshold_for, min_confidence=min_confidence, hierarchy=hierarchy,
+                           balance=balance)
 
 
 def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **kw):
@@ -111,7 +123,7 @@ def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **k
             ev = evaluate_probabilities(model.task_, model.classes_, val_ds.targets, P,
                                         items=[val_ds.relpath(i) for i in range(len(val_ds))],
                                         skipped=model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []),
-                                        title=f"{method} on {ds.name} (validation)")
+                                        decision=model.decision_, title=f"{method} on {ds.name} (validation)")
             ev.history = getattr(model, "history_", None) or None
             ev.write(run.path)
             run.log_metrics({"split": "val", "final": True, **ev.headline, "n": ev.metrics["n"],
@@ -137,7 +149,7 @@ def _resume(run_path: str | os.PathLike, log):
     spec = parse_spec(cfg["method"])
     if spec.kind != "deep":
         raise ConfigError(f"--resume {run_path}: only deep runs have checkpoints to resume; retrain {cfg['method']}")
-    ds = load_dataset(cfg["data"], task=cfg.get("task"))
+    ds = load_dataset(cfg["data"], task=cfg.get("task"), taxonomy=cfg.get("taxonomy"))
     idx = ds.load_split(run.split_file)
     train_ds = ds.subset(idx["train"], f"{ds.name}:train")
     val_ds = ds.subset(idx.get("val", np.zeros(0, np.int64)), f"{ds.name}:val")
@@ -145,7 +157,8 @@ def _resume(run_path: str | os.PathLike, log):
     return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, seed=cfg.get("seed", 0),
                            n_jobs=cfg.get("n_jobs"), max_pixels=cfg.get("max_pixels"),
                            preprocess=_as_preprocess(cfg.get("preprocess")), train_config=cfg.get("train"),
-                           img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log)
+                           img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log,
+                           **(cfg.get("decision") or {}))
 
 
 def lr_find(data: ImageDataset | str | os.PathLike, method: str, *, out: str | os.PathLike | None = None,
@@ -177,7 +190,8 @@ def predict_proba(model, images: Sequence[ImageSource] | ImageDataset, max_pixel
 
 
 def predict(model, images: Sequence[ImageSource] | ImageDataset, top_k: int = 1, max_pixels: int | None = None):
-    """Top-k ``(label, probability)`` lists, best first; ``None`` for unreadable images."""
+    """A ``Prediction`` per image (decided label(s) with probability, top-k classes, hierarchical path);
+    ``None`` for unreadable images."""
     return resolve_model(model, max_pixels).predict(images, top_k=top_k)
 
 

@@ -126,7 +126,6 @@ def train(
     schedule: Annotated[str | None, typer.Option(help="Deep: onecycle, cosine or constant (with warmup).", rich_help_panel="Deep training")] = None,
     augment: Annotated[str | None, typer.Option(help="Deep: none, light, standard or strong.", rich_help_panel="Deep training")] = None,
     unfreeze: Annotated[int | None, typer.Option(help="Deep: fine-tune only the last N blocks.", rich_help_panel="Deep training")] = None,
-    balance: Annotated[str | None, typer.Option(help="Deep: none, weights (class-weighted loss) or sampler.", rich_help_panel="Deep training")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Deep: label smoothing (default 0.1).", rich_help_panel="Deep training")] = None,
     mixup: Annotated[float | None, typer.Option(help="Deep: mixup alpha (0 = off).", rich_help_panel="Deep training")] = None,
     cutmix: Annotated[float | None, typer.Option(help="Deep: cutmix alpha (0 = off).", rich_help_panel="Deep training")] = None,
@@ -134,12 +133,18 @@ def train(
     early_stopping: Annotated[int | None, typer.Option(help="Deep: stop after N epochs without improvement.", rich_help_panel="Deep training")] = None,
     pretrained: Annotated[str | None, typer.Option(help="Deep: weights file (.safetensors or state dict) instead of the method's.", rich_help_panel="Deep training")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted deep run from its directory.", rich_help_panel="Deep training")] = None,
+    taxonomy: Annotated[Path | None, typer.Option(help="JSON/YAML tree (child: parent) making the task hierarchical.", rich_help_panel="Task")] = None,
+    hierarchy: Annotated[str, typer.Option(help="Hierarchical: flat (one leaf classifier, summed up the tree) or local (one per parent node).", rich_help_panel="Task")] = "flat",
+    min_confidence: Annotated[float | None, typer.Option(help="Hierarchical: fall back to the deepest node with at least this probability.", rich_help_panel="Task")] = None,
+    positive: Annotated[str | None, typer.Option(help="Binary: the positive class (default: the second class).", rich_help_panel="Task")] = None,
+    threshold_for: Annotated[str | None, typer.Option(help="Binary: tune the threshold on validation for f1 (default), youden, precision=P or recall=R.", rich_help_panel="Task")] = None,
+    balance: Annotated[str | None, typer.Option(help="Imbalance: none, weights (class-weighted loss / class_weight) or sampler (balanced batches / resampling).", rich_help_panel="Task")] = None,
 ):
     """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
     from .. import api
 
     deep = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
-            "augment": augment, "unfreeze": unfreeze, "balance": balance, "label_smoothing": label_smoothing,
+            "augment": augment, "unfreeze": unfreeze, "label_smoothing": label_smoothing,
             "mixup": mixup, "cutmix": cutmix, "ema": ema, "early_stopping": early_stopping}
     deep = {k: v for k, v in deep.items() if v is not None}
     if resume is not None:
@@ -152,7 +157,9 @@ def train(
         model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
                           split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
                           preprocess=_preprocess(size, resize, grayscale, denoise, equalize),
-                          train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err)
+                          train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err,
+                          taxonomy=taxonomy, hierarchy=hierarchy, min_confidence=min_confidence, positive=positive,
+                          threshold_for=threshold_for, balance=balance)
     val = model.meta_.get("metrics", {}).get("val", {})
     _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
     if json_out:
@@ -200,17 +207,17 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per image.")] = 3,
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list: per image, a list of {label, probability}.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list: per image, the decided label(s), the top-k and (hierarchical) the path.")] = False,
 ):
-    """Classify images with a trained model: one line per image with the top-k classes."""
+    """Classify images with a trained model: one line per image with the decision and the top-k classes."""
     from .. import api
     m = api.resolve_model(model, max_pixels=max_pixels, n_jobs=jobs)
     ds = api.images_dataset(images)
     results = m.predict(ds.sources, top_k=top_k)
     errors = dict(m.errors_)
     if json_out:
-        _print_json([{"path": p, "predictions": None if r is None else [{"label": lab, "probability": pr} for lab, pr in r],
-                      **({"error": errors.get(p)} if r is None else {})} for p, r in zip(ds.sources, results)])
+        _print_json([{"path": p, **(r.to_dict() if r is not None else {"label": None, "error": errors.get(p, "unreadable")})}
+                     for p, r in zip(ds.sources, results)])
         return
     import os
 
@@ -220,9 +227,20 @@ def predict(
         if r is None:
             typer.echo(f"{name:<{width}}  ERROR: {errors.get(src, 'unreadable')}")
         else:
-            typer.echo(f"{name:<{width}}  " + "  ".join(f"{lab} {pr * 100:.1f}%" for lab, pr in r))
+            typer.echo(f"{name:<{width}}  {_prediction_line(r, m.task_, top_k)}")
     if errors:
         _err(f"{len(errors)} of {len(names)} images could not be read")
+
+
+def _prediction_line(r, task: str, top_k: int) -> str:
+    """``cat 94.0%  fox 4.0%`` (single-label: the decision, then the other top-k classes); multi-label and
+    hierarchical: the decision, then ``| top: ...`` when more than one class is asked for."""
+    if task in ("multiclass", "binary"):
+        others = [(lab, pr) for lab, pr in r.top if lab != r.label][:max(top_k - 1, 0)]
+        return "  ".join([r.text()] + [f"{lab} {pr * 100:.1f}%" for lab, pr in others])
+    if top_k <= 1:
+        return r.text()
+    return r.text() + "   | top: " + ", ".join(f"{lab} {pr * 100:.1f}%" for lab, pr in r.top)
 
 
 # --------------------------------------------------------------------------- compare

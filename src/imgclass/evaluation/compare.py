@@ -16,6 +16,7 @@ from ..data import ImageDataset
 from ..errors import ConfigError
 from ..models import build_model, parse_spec
 from ..tasks import metrics
+from ..tasks.decision import tune_decision
 
 
 def _dir_size(path: Path) -> int:
@@ -58,7 +59,8 @@ def compare(train: ImageDataset, val: ImageDataset, methods: Sequence[str], seed
         model.fit_features(ftr.X, train.targets[ftr.ok])
         fit_s = extract_s + (time.perf_counter() - t0)
         P = model.predict_proba_features(fva.X)
-        m = metrics(train.task, val.targets[fva.ok], P, model.classes_)
+        model.decision_ = tune_decision(train.task, model.classes_, val.targets[fva.ok], P, taxonomy=train.taxonomy)
+        m = metrics(train.task, val.targets[fva.ok], P, model.classes_, decision=model.decision_)
         sample = val.sources[:speed_sample]
         t0 = time.perf_counter()
         model.predict_proba(sample)
@@ -91,7 +93,7 @@ def _compare_deep(spec, train, val, seed, n_jobs, preprocess, speed_sample, save
     model, P = fit_model(train, spec.text, val=val, seed=seed, n_jobs=n_jobs, preprocess=preprocess, log=log)
     fit_s = time.perf_counter() - t0
     ok = ~np.isnan(P).any(axis=1)
-    m = metrics(train.task, val.targets[ok], P[ok], model.classes_)
+    m = metrics(train.task, val.targets[ok], P[ok], model.classes_, decision=model.decision_)
     sample = val.sources[:speed_sample]
     t0 = time.perf_counter()
     model.predict_proba(sample)

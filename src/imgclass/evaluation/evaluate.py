@@ -16,7 +16,8 @@ import numpy as np
 from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..data import ImageDataset
 from ..errors import DataError
-from ..tasks import decide, headline, metrics
+from ..tasks import headline, metrics
+from ..tasks.decision import Decision
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Evaluation:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     title: str = "evaluation"
     history: list[dict] | None = None  # per-epoch records of a deep training run
+    decision: Decision | None = None  # the model's decision rule (thresholds, taxonomy)
 
     @property
     def headline(self) -> dict[str, float]:
@@ -102,6 +104,54 @@ class Evaluation:
         fig.tight_layout()
         return fig
 
+    def curves_figure(self):
+        """Binary: ROC and precision-recall curves of the positive class, with the tuned threshold marked."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        m = self.metrics
+        c = m["curves"]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+        a1.plot(c["roc"]["fpr"], c["roc"]["tpr"], color="tab:blue", label=f"AUC {m['roc_auc']:.3f}")
+        a1.plot([0, 1], [0, 1], color="#bbb", ls="--")
+        a1.set_xlabel("false positive rate")
+        a1.set_ylabel("true positive rate")
+        a1.set_title(f"ROC ({m['positive']} positive)")
+        a2.plot(c["pr"]["recall"], c["pr"]["precision"], color="tab:orange", label=f"AP {m['average_precision']:.3f}")
+        a2.scatter([m["recall"]], [m["precision"]], color="black", zorder=3,
+                   label=f"threshold {m['threshold']:.3f}")
+        a2.set_xlabel("recall")
+        a2.set_ylabel("precision")
+        a2.set_title("precision-recall")
+        for a in (a1, a2):
+            a.legend(loc="lower right")
+            a.set_xlim(0, 1)
+            a.set_ylim(0, 1.02)
+        fig.suptitle(self.title)
+        fig.tight_layout()
+        return fig
+
+    def fallback_figure(self):
+        """Hierarchical: coverage (a leaf emitted) and precision of emitted labels vs the min confidence."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fb = self.metrics["hierarchy"]["fallback"]
+        ps = [e["min_confidence"] for e in fb]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(ps, [e["coverage"] for e in fb], marker="o", label="coverage (leaf emitted)")
+        ax.plot(ps, [e["precision"] for e in fb], marker="o", label="precision of emitted labels")
+        ax.set_xlabel("--min-confidence")
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="lower left")
+        ax.set_title(f"{self.title}: fallback to coarser labels")
+        fig.tight_layout()
+        return fig
+
     def _png(self, fig) -> bytes:
         import matplotlib.pyplot as plt
 
@@ -123,7 +173,8 @@ class Evaluation:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "true", "predicted", "probability"] + list(self.classes))
-        pred = decide(self.task, self.probabilities)
+        decision = self.decision or Decision(task=self.task, classes=list(self.classes))
+        pred = decision.predicted_indices(self.probabilities)
         for i, p in enumerate(self.items):
             if self.task == "multilabel":
                 truth = "|".join(self.classes[j] for j in np.flatnonzero(self.targets[i]))
@@ -148,9 +199,14 @@ class Evaluation:
             plots.mkdir(exist_ok=True)
             out["confusion"] = self.plot_confusion(plots / "confusion.png")
             out["confusion_normalized"] = self.plot_confusion(plots / "confusion_normalized.png", normalize=True)
-        if self.history:
-            out["training_curves"] = plots / "training_curves.png"
-            atomic_write_bytes(out["training_curves"], self._png(self.history_figure()))
+        for name, present, fig in (("training_curves", bool(self.history), self.history_figure),
+                                   ("roc_pr", "curves" in self.metrics, self.curves_figure),
+                                   ("fallback", "hierarchy" in self.metrics, self.fallback_figure)):
+            if present:
+                plots = folder / "plots"
+                plots.mkdir(exist_ok=True)
+                out[name] = plots / f"{name}.png"
+                atomic_write_bytes(out[name], self._png(fig()))
         self.to_html(out["report"])
         return out
 
@@ -180,6 +236,24 @@ class Evaluation:
                 b64 = base64.b64encode(self._png(self.confusion_figure(norm))).decode()
                 parts.append(f"<h2>Confusion matrix{' (normalised)' if norm else ''}</h2>"
                              f"<img alt='confusion matrix' src='data:image/png;base64,{b64}'>")
+        if "curves" in self.metrics:
+            b64 = base64.b64encode(self._png(self.curves_figure())).decode()
+            parts.append(f"<h2>ROC and precision-recall</h2><img alt='ROC and PR curves' src='data:image/png;base64,{b64}'>")
+        if "hierarchy" in self.metrics:
+            h = self.metrics["hierarchy"]
+            parts.append("<h2>Hierarchy</h2><table><tr><th>level</th><th>accuracy</th><th>images</th></tr>")
+            parts += [f"<tr><td>{d}</td><td>{a:.4f}</td><td>{n}</td></tr>"
+                      for d, (a, n) in enumerate(zip(h["level_accuracy"], h["level_n"]), 1)]
+            parts.append("</table><table><tr><th>min confidence</th><th>coverage</th><th>answered</th>"
+                         "<th>precision</th><th>mean depth</th></tr>")
+            parts += [f"<tr><td>{e_['min_confidence']:.2f}</td><td>{e_['coverage']:.4f}</td><td>{e_['answered']:.4f}"
+                      f"</td><td>{e_['precision']:.4f}</td><td>{e_['mean_depth']:.2f}</td></tr>" for e_ in h["fallback"]]
+            b64 = base64.b64encode(self._png(self.fallback_figure())).decode()
+            parts.append(f"</table><img alt='fallback trade-off' src='data:image/png;base64,{b64}'>")
+        if self.task == "multilabel" and "thresholds" in self.metrics:
+            parts.append("<h2>Per-label thresholds</h2><table><tr><th>label</th><th>threshold</th></tr>")
+            parts += [f"<tr><td>{e(c)}</td><td>{t:.3f}</td></tr>" for c, t in zip(self.classes, self.metrics["thresholds"])]
+            parts.append("</table>")
         if self.history:
             b64 = base64.b64encode(self._png(self.history_figure())).decode()
             parts.append(f"<h2>Training curves</h2><img alt='training curves' src='data:image/png;base64,{b64}'>")
@@ -198,7 +272,7 @@ class Evaluation:
 
 
 def evaluate_probabilities(task: str, classes: list[str], targets: np.ndarray, P: np.ndarray,
-                           items: list[str] | None = None, skipped=None, thresholds=None,
+                           items: list[str] | None = None, skipped=None, decision: Decision | None = None,
                            title: str = "evaluation") -> Evaluation:
     """Build an ``Evaluation`` from probabilities already computed (NaN rows = unreadable, dropped)."""
     ok = ~np.isnan(P).any(axis=1)
@@ -207,9 +281,10 @@ def evaluate_probabilities(task: str, classes: list[str], targets: np.ndarray, P
     if not ok.any():
         raise DataError("no readable labelled images to evaluate")
     items = items or [str(i) for i in range(len(P))]
-    m = metrics(task, targets[ok], P[ok], classes, thresholds)
+    m = metrics(task, targets[ok], P[ok], classes, decision=decision)
     return Evaluation(task=task, classes=list(classes), metrics=m, items=[items[i] for i in np.flatnonzero(ok)],
-                      targets=targets[ok], probabilities=P[ok], skipped=list(skipped or []), title=title)
+                      targets=targets[ok], probabilities=P[ok], skipped=list(skipped or []), title=title,
+                      decision=decision)
 
 
 def evaluate(model, data: ImageDataset, title: str | None = None) -> Evaluation:
@@ -230,5 +305,5 @@ def evaluate(model, data: ImageDataset, title: str | None = None) -> Evaluation:
     P = model.predict_proba(data)
     return evaluate_probabilities(model.task_, model.classes_, targets, P,
                                   items=[data.relpath(i) for i in range(len(data))], skipped=model.errors_,
-                                  thresholds=(model.meta_.get("thresholds") or None),
+                                  decision=getattr(model, "decision_", None),
                                   title=title or f"{model.method} on {data.name}")

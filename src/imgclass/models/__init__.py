@@ -1,7 +1,7 @@
 """Estimators behind one API, method specs and the model bundle."""
 
 from .bundle import FORMAT_VERSION, load_model, read_meta, save_bundle
-from .classical import CLASSIFIERS, FeaturePipeline, make_classifier, rank
+from .classical import CLASSIFIERS, FeaturePipeline, decision_of, make_classifier, predictions
 from .spec import MethodSpec, list_methods, parse_spec, split_methods
 
 
@@ -28,4 +28,4 @@ def build_model(method: str, seed: int = 0, n_jobs: int | None = None, preproces
 
 
 __all__ = ["CLASSIFIERS", "FORMAT_VERSION", "FeaturePipeline", "MethodSpec", "build_model", "list_methods",
-           "load_model", "make_classifier", "parse_spec", "rank", "read_meta", "save_bundle", "split_methods"]
+           "load_model", "make_classifier", "parse_spec", "predictions", "decision_of", "read_meta", "save_bundle", "split_methods"]

@@ -113,7 +113,7 @@ def _base_meta(model, metrics, data_fingerprint, extra) -> dict[str, Any]:
         "taxonomy": model.taxonomy_,
         "preprocessing": model.preprocess.to_dict(),
         **model.config(),
-        "thresholds": model.meta_.get("thresholds"),
+        "decision": model.decision_.to_dict() if getattr(model, "decision_", None) is not None else None,
         "calibration": model.meta_.get("calibration"),
         "metrics": metrics if metrics is not None else model.meta_.get("metrics", {}),
         "data_fingerprint": data_fingerprint or model.meta_.get("data_fingerprint"),
@@ -196,9 +196,15 @@ def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
     except (KeyError, TypeError) as exc:
         raise ModelFormatError(f"{folder / MODEL_JSON}: missing or bad field {exc}") from None
     model.classifier_ = payload["classifier"]
+    model.balance = meta.get("balance", "none")
+    model.hierarchy = meta.get("hierarchy", "flat")
     model.classes_ = list(meta["classes"])
     model.task_ = meta.get("task", "multiclass")
     model.taxonomy_ = meta.get("taxonomy")
-    model.meta_ = {k: meta.get(k) for k in ("thresholds", "calibration", "metrics", "data_fingerprint")}
+    if meta.get("decision"):
+        from ..tasks.decision import Decision
+
+        model.decision_ = Decision.from_dict(meta["decision"])
+    model.meta_ = {k: meta.get(k) for k in ("calibration", "metrics", "data_fingerprint")}
     model.meta_["bundle"] = str(folder)
     return model

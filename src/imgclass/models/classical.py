@@ -20,6 +20,7 @@ from ..features import (
     make_extractor,
     sample_arrays,
 )
+from ..tasks.decision import Decision, Prediction
 from ..transforms import Preprocess
 
 
@@ -147,6 +148,9 @@ class FeaturePipeline:
         self.classes_: list[str] = []
         self.task_: str = "multiclass"
         self.taxonomy_: dict | None = None
+        self.decision_: Decision | None = None
+        self.balance = "none"  # none | weights | sampler
+        self.hierarchy = "flat"  # hierarchical tasks: flat (one leaf classifier) | local (one per parent node)
         self.classifier_ = None
         self.errors_: list[tuple[str, str]] = []
         self.timings_: dict[str, float] = {}
@@ -198,20 +202,75 @@ class FeaturePipeline:
                                 f"{[self.classes_[i] for i in present] or 'none'}")
         if len(F) == 0:
             raise DataError("no readable training images")
+        if self.balance not in ("none", "weights", "sampler"):
+            raise ConfigError(f"--balance {self.balance!r}: choose none, weights or sampler")
         t0 = time.perf_counter()
-        clf = (make_classifier(self.classifier, self.seed, self.task_,
-                               self.extractor.classifier_defaults.get(self.classifier))
-               if isinstance(self.classifier, str) else self.classifier)
+        if self.task_ == "hierarchical" and self.hierarchy == "local":
+            self.classifier_ = self._fit_local(F, y)
+        else:
+            self.classifier_ = self._fit_one(F, y)
+        self.timings_["classifier_fit_s"] = time.perf_counter() - t0
+        return self
+
+    def _fit_one(self, F: np.ndarray, y: np.ndarray):
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
 
+        if not isinstance(self.classifier, str):
+            clf = self.classifier
+        else:
+            params = dict(self.extractor.classifier_defaults.get(self.classifier) or {})
+            weighted = self.balance != "none" and y.ndim == 1 and self.classifier in CLASS_WEIGHTED
+            if weighted and self.balance == "weights":
+                params["class_weight"] = "balanced"
+            elif self.balance != "none" and y.ndim == 1:
+                F, y = _oversample(F, y, self.seed)  # balanced resampling for classifiers without class_weight
+            clf = make_classifier(self.classifier, self.seed, self.task_, params)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(F, y)
-        self.classifier_ = clf
-        self.timings_["classifier_fit_s"] = time.perf_counter() - t0
-        return self
+        return clf
+
+    def _fit_local(self, F: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """One classifier per parent node, trained on the images below it to choose among its children
+        (a node whose training images all fall under one child keeps that child's index)."""
+        from ..tasks.hierarchy import Tree
+
+        tree = Tree(self.taxonomy_ or {c: None for c in self.classes_}, self.classes_)
+        paths = [tree.path(c) for c in self.classes_]
+        out: dict[str, Any] = {}
+        for node in tree.internal:
+            kids = tree.children(node)
+            if len(kids) < 2:
+                continue
+            depth = tree.depth(node)  # the child of `node` on a leaf's path sits at index `depth`
+            child_of_leaf = {i: kids.index(p[depth]) for i, p in enumerate(paths)
+                             if len(p) > depth and (node is None or p[depth - 1] == node)}
+            rows = np.flatnonzero(np.isin(y, list(child_of_leaf)))
+            target = np.asarray([child_of_leaf[int(v)] for v in y[rows]], dtype=np.int64)
+            present = np.unique(target)
+            key = "" if node is None else node
+            out[key] = int(present[0]) if len(present) == 1 else self._fit_one(F[rows], target)
+        return out
+
+    def _local_proba(self, F: np.ndarray) -> np.ndarray:
+        from ..tasks.hierarchy import Tree, leaf_probabilities_from_local
+
+        tree = Tree(self.taxonomy_ or {c: None for c in self.classes_}, self.classes_)
+        cond = {}
+        for node in tree.internal:
+            kids = tree.children(node)
+            if len(kids) < 2:
+                continue
+            est = self.classifier_["" if node is None else node]
+            M = np.zeros((len(F), len(kids)))
+            if isinstance(est, int):
+                M[:, est] = 1.0
+            else:
+                M[:, np.asarray(est.classes_, dtype=np.int64)] = est.predict_proba(F)
+            cond[node] = M
+        return leaf_probabilities_from_local(tree, cond)
 
     # ---------------------------------------------------------------- inference
     def _check_fitted(self):
@@ -221,6 +280,8 @@ class FeaturePipeline:
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         """Class probabilities for feature rows, columns aligned with ``classes_``."""
         self._check_fitted()
+        if isinstance(self.classifier_, dict):
+            return self._local_proba(F)
         P = np.asarray(self.classifier_.predict_proba(F), dtype=np.float64)
         if self.task_ == "multilabel":
             return P
@@ -239,14 +300,14 @@ class FeaturePipeline:
         rows = self.predict_proba_features(feats.X) if len(feats.X) else feats.X
         return with_gaps(len(sources), feats.ok, rows, len(self.classes_))
 
-    def predict(self, X: ImageDataset | Sequence[ImageSource], top_k: int = 1) -> list[list[tuple[str, float]] | None]:
-        """Top-k ``(label, probability)`` per image, best first; ``None`` for unreadable images."""
-        return rank(self.predict_proba(X), self.classes_, top_k)
+    def predict(self, X: ImageDataset | Sequence[ImageSource], top_k: int = 1) -> list[Prediction | None]:
+        """A ``Prediction`` per image (decided label(s), probability, top-k); ``None`` if unreadable."""
+        return predictions(self, self.predict_proba(X), top_k)
 
     # ---------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
         return {"features": extractor_names(self.extractor), "feature_params": extractor_params(self.extractor),
-                "classifier": self.classifier_name}
+                "classifier": self.classifier_name, "balance": self.balance, "hierarchy": self.hierarchy}
 
     def save(self, path, **meta) -> None:
         from .bundle import save_bundle
@@ -275,14 +336,25 @@ def with_gaps(n: int, ok: np.ndarray, rows: np.ndarray, n_cols: int) -> np.ndarr
     return out
 
 
-def rank(P: np.ndarray, classes: Sequence[str], top_k: int = 1) -> list[list[tuple[str, float]] | None]:
-    """Turn a probability matrix into ranked ``(label, probability)`` lists (``None`` for NaN rows)."""
-    k = max(1, min(top_k, len(classes)))
-    out: list[list[tuple[str, float]] | None] = []
-    for row in P:
-        if np.isnan(row).any():
-            out.append(None)
-            continue
-        order = np.argsort(-row, kind="stable")[:k]
-        out.append([(classes[j], float(row[j])) for j in order])
-    return out
+#: classifiers that take scikit-learn's ``class_weight`` (the others are balanced by resampling)
+CLASS_WEIGHTED = ("logreg", "linsvm", "svm", "tree", "rf")
+
+
+def _oversample(F: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resample rows with replacement so that every class appears as often as the largest one."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(y)
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), counts.max(), replace=True) if n < counts.max()
+                          else np.flatnonzero(y == c) for c, n in enumerate(counts) if n > 0])
+    return F[idx], y[idx]
+
+
+def decision_of(model) -> Decision:
+    """The model's tuned decision rule, or the default rule of its task."""
+    d = getattr(model, "decision_", None)
+    return d if d is not None else Decision(task=model.task_, classes=list(model.classes_), taxonomy=model.taxonomy_)
+
+
+def predictions(model, P: np.ndarray, top_k: int = 1) -> list[Prediction | None]:
+    """``Prediction`` per row of ``P`` under the model's decision rule (``None`` for NaN rows)."""
+    return decision_of(model).predict(P, top_k)

@@ -22,7 +22,8 @@ from ..features import decode_to_tensor
 from ..features.backbones import backbone_config, create_backbone
 from ..features.deep import cache_dir, export_onnx
 from ..transforms import Preprocess
-from .classical import _sources_of, rank, with_gaps
+from ..tasks.decision import Decision
+from .classical import _sources_of, predictions, with_gaps
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -58,6 +59,7 @@ class DeepClassifier:
         self.classes_: list[str] = []
         self.task_ = "multiclass"
         self.taxonomy_: dict | None = None
+        self.decision_ = None
         self.model_ = None
         self.errors_: list[tuple[str, str]] = []
         self.history_: list[dict] = []
@@ -154,7 +156,7 @@ class DeepClassifier:
                          len(self.classes_))
 
     def predict(self, X: Sequence[ImageSource], top_k: int = 1):
-        return rank(self.predict_proba(X), self.classes_, top_k)
+        return predictions(self, self.predict_proba(X), top_k)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path, **meta) -> Path:
@@ -176,6 +178,7 @@ class DeepClassifier:
             model.classes_ = list(meta["classes"])
             model.task_ = meta.get("task", "multiclass")
             model.taxonomy_ = meta.get("taxonomy")
+            model.decision_ = Decision.from_dict(meta["decision"]) if meta.get("decision") else None
             net = create_backbone(meta["backbone"], pretrained=None, num_classes=len(model.classes_))
             net.load_state_dict(load_file(str(wfile)), strict=True)
         except (KeyError, TypeError) as exc:
@@ -184,7 +187,7 @@ class DeepClassifier:
             raise ModelFormatError(f"{wfile}: weights do not fit {meta.get('backbone')} ({str(exc).splitlines()[0]})") from None
         model.model_ = net.eval()
         model.history_ = list(meta.get("history") or [])
-        model.meta_ = {k: meta.get(k) for k in ("thresholds", "calibration", "metrics", "data_fingerprint")}
+        model.meta_ = {k: meta.get(k) for k in ("calibration", "metrics", "data_fingerprint")}
         model.meta_["bundle"] = str(folder)
         return model
 

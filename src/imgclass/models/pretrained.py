@@ -12,7 +12,7 @@ from ..features import extract_features
 from ..features.backbones import imagenet_classes
 from ..features.deep import DeepEmbedding
 from ..transforms import Preprocess
-from .classical import _sources_of, rank, with_gaps
+from .classical import _sources_of, predictions, with_gaps
 
 PREFIX = "imagenet:"
 
@@ -29,6 +29,7 @@ class ImageNetClassifier:
         self.classes_ = imagenet_classes()
         self.task_ = "multiclass"
         self.taxonomy_ = None
+        self.decision_ = None
         self.n_jobs, self.max_pixels = n_jobs, max_pixels
         self.errors_: list[tuple[str, str]] = []
         self.meta_: dict = {}
@@ -48,7 +49,7 @@ class ImageNetClassifier:
         return with_gaps(len(sources), feats.ok, feats.X, len(self.classes_))
 
     def predict(self, X: Sequence[ImageSource], top_k: int = 1):
-        return rank(self.predict_proba(X), self.classes_, top_k)
+        return predictions(self, self.predict_proba(X), top_k)
 
     def __repr__(self) -> str:
         return f"ImageNetClassifier({self.method!r})"

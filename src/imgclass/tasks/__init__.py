@@ -1,8 +1,8 @@
-"""Per task type: the decision rule and the metrics.
+"""Per task kind: the decision rule (``decision.Decision``) and the metrics.
 
-Binary and multiclass decide by argmax (the binary-threshold issue adds tuned thresholds);
-multilabel by per-class thresholds (0.5 unless tuned); hierarchical (flat strategy) by the arg-max
-leaf. Metrics come from scikit-learn.
+Binary decides with a threshold on the positive class tuned on validation, multiclass by argmax,
+multilabel by per-class thresholds, hierarchical by a consistent top-down path (``hierarchy``).
+Metrics come from scikit-learn, plus hierarchical ones from ``hierarchy``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import numpy as np
 
 
 def decide(task: str, P: np.ndarray, thresholds: Sequence[float] | None = None) -> np.ndarray:
-    """Turn probabilities into predictions: class indices, or a 0/1 matrix for multilabel."""
-    if task == "multilabel":
-        t = np.asarray(thresholds if thresholds is not None else [0.5] * P.shape[1])
-        return (P >= t[None, :]).astype(np.uint8)
-    return P.argmax(axis=1)
+    """Turn probabilities into predictions with default rules: class indices, or a 0/1 matrix for
+    multilabel (``Decision.predicted_indices`` applies a model's tuned rule)."""
+    from .decision import Decision
+
+    return Decision(task=task, classes=[str(i) for i in range(P.shape[1])],
+                    thresholds=list(thresholds) if thresholds is not None else None).predicted_indices(P)
 
 
 def single_label_metrics(y: np.ndarray, P: np.ndarray, classes: Sequence[str],
-                         top_k: Sequence[int] = (3, 5)) -> dict[str, Any]:
+                         top_k: Sequence[int] = (3, 5), pred: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro/weighted P/R/F1, top-k, log loss, per-class table, confusion."""
     from sklearn.metrics import (
         accuracy_score,
@@ -35,7 +36,7 @@ def single_label_metrics(y: np.ndarray, P: np.ndarray, classes: Sequence[str],
 
     n_classes = len(classes)
     labels = np.arange(n_classes)
-    pred = P.argmax(axis=1)
+    pred = P.argmax(axis=1) if pred is None else pred
     out: dict[str, Any] = {
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, pred)),
@@ -85,15 +86,50 @@ def multilabel_metrics(Y: np.ndarray, P: np.ndarray, classes: Sequence[str],
 
 
 def metrics(task: str, targets: np.ndarray, P: np.ndarray, classes: Sequence[str],
-            thresholds: Sequence[float] | None = None) -> dict[str, Any]:
-    """All metrics for ``task``. Rows with NaN probabilities (unreadable images) must be removed first."""
+            thresholds: Sequence[float] | None = None, decision=None) -> dict[str, Any]:
+    """All metrics for ``task`` under ``decision`` (a ``Decision``; default rules when ``None``).
+    Rows with NaN probabilities (unreadable images) must be removed first."""
+    from .decision import Decision
+
+    if decision is None:
+        decision = Decision(task=task, classes=list(classes),
+                            thresholds=list(thresholds) if thresholds is not None else None)
     if task == "multilabel":
-        return multilabel_metrics(targets, P, classes, thresholds)
+        out = multilabel_metrics(targets, P, classes, decision.thresholds)
+        if decision.thresholds is not None and any(t != 0.5 for t in decision.thresholds):
+            at_half = multilabel_metrics(targets, P, classes, None)
+            out["at_0.5"] = {k: at_half[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy")}
+        out["thresholds"] = list(decision.thresholds) if decision.thresholds is not None else [0.5] * len(classes)
+        return out
     lab = targets >= 0
-    return single_label_metrics(targets[lab], P[lab], classes)
+    y, P = targets[lab], P[lab]
+    out = single_label_metrics(y, P, classes, pred=decision.predicted_indices(P) if len(P) else None)
+    if task == "binary" and len(classes) == 2:
+        from .thresholds import binary_curves
+
+        pos = decision.positive_index
+        curves = binary_curves((y == pos).astype(int), P[:, pos])
+        pc = out["per_class"][pos]
+        out.update({"positive": classes[pos], "threshold": decision.threshold if decision.threshold is not None else 0.5,
+                    "roc_auc": curves["roc_auc"], "average_precision": curves["average_precision"],
+                    "precision": pc["precision"], "recall": pc["recall"], "f1": pc["f1"],
+                    "curves": {"roc": curves["roc"], "pr": curves["pr"]}})
+    if task == "hierarchical":
+        from .hierarchy import hierarchical_metrics, node_probabilities
+
+        tree = decision.tree()
+        h = hierarchical_metrics(tree, y, node_probabilities(tree, P), decision.min_confidence)
+        out["hierarchy"] = h
+        for d, acc in enumerate(h["level_accuracy"], 1):
+            out[f"level{d}_accuracy"] = acc
+        out["hierarchical_f1"] = h["hierarchical_f1"]
+        out["mistake_severity"] = h["mistake_severity"]
+    return out
 
 
 HEADLINE = {"multilabel": ("micro_f1", "macro_f1", "mAP", "subset_accuracy"),
+            "binary": ("accuracy", "balanced_accuracy", "f1", "roc_auc", "average_precision"),
+            "hierarchical": ("accuracy", "level1_accuracy", "level2_accuracy", "hierarchical_f1", "mistake_severity"),
             "default": ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy")}
 
 

@@ -21,16 +21,34 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
               n_jobs: int | None = None, max_pixels: int | None = None, preprocess=None, log=print,
               train_config: TrainConfig | dict | None = None, img_size: int | None = None,
               pretrained: str | None = None, ckpt_dir: str | Path | None = None, resume: bool = False,
-              on_epoch: Callable[[dict], Any] | None = None):
+              on_epoch: Callable[[dict], Any] | None = None, positive: str | None = None,
+              threshold_for: str | None = None, min_confidence: float | None = None, hierarchy: str = "flat",
+              balance: str | None = None):
     """Build the estimator for ``method``, fit it on ``train`` and score it on ``val``.
 
     Deep methods train with the engine (``train_config``; checkpoints in ``ckpt_dir``; ``resume``
-    continues from ``ckpt_dir/last.pt``). Returns ``(model, val_probabilities or None)``; validation
-    metrics land in ``model.meta_["metrics"]``.
+    continues from ``ckpt_dir/last.pt``). The decision rule (binary threshold for ``threshold_for`` on
+    the ``positive`` class, multi-label per-class thresholds, hierarchical ``min_confidence``) is tuned
+    on ``val`` and kept in ``model.decision_``. ``balance``: ``weights`` (class-weighted loss, or
+    ``class_weight="balanced"`` for classical classifiers) or ``sampler`` (deep: balanced batches).
+    Returns ``(model, val_probabilities or None)``; validation metrics land in ``model.meta_["metrics"]``.
     """
     if not train.is_labelled:
         raise DataError(f"{train.name}: no labels to train on; give a folder per class, a CSV or JSONL")
     from ..models import parse_spec
+    from ..tasks.decision import tune_decision
+
+    task = train.task or "multiclass"
+    if hierarchy not in ("flat", "local"):
+        raise DataError(f"--hierarchy {hierarchy!r}: choose flat or local")
+    if hierarchy == "local" and task != "hierarchical":
+        raise DataError(f"--hierarchy local needs hierarchical data (nested folders or --taxonomy); this is {task}")
+    tune_decision(task, list(train.classes), None, None, taxonomy=train.taxonomy, positive=positive,
+                  threshold_for=threshold_for, min_confidence=min_confidence)  # bad options fail before training
+    _check_class_counts(train, val, log)
+    if balance is not None:
+        train_config = {**(train_config.to_dict() if isinstance(train_config, TrainConfig) else train_config or {}),
+                        "balance": balance}
 
     spec = parse_spec(method)
     if isinstance(train_config, TrainConfig):
@@ -40,6 +58,9 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
         cfg = TrainConfig.from_dict({"seed": seed, **base, **(train_config or {})})
     model = build_model(method, seed=seed, n_jobs=n_jobs, preprocess=preprocess, max_pixels=max_pixels,
                         img_size=img_size, pretrained=pretrained, train_config=cfg.to_dict())
+    if model.kind != "deep":
+        model.balance = cfg.balance if balance is None else balance
+        model.hierarchy = hierarchy
     if model.kind == "deep":
         P = fit_deep(model, train, val, cfg, ckpt_dir=ckpt_dir, resume=resume, log=log, on_epoch=on_epoch)
     else:
@@ -54,12 +75,29 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
             if model.errors_:
                 log(f"skipped {len(model.errors_)} unreadable validation images (listed in the report)")
     model.meta_["data_fingerprint"] = train.fingerprint()
+    model.decision_ = tune_decision(model.task_, list(model.classes_), val.targets if P is not None else None, P,
+                                    taxonomy=model.taxonomy_, positive=positive, threshold_for=threshold_for,
+                                    min_confidence=min_confidence, hierarchy=hierarchy, log=log)
     if P is not None:
         ok = ~np.isnan(P).any(axis=1)
         if ok.any():
-            m = metrics(model.task_, val.targets[ok], P[ok], model.classes_)
+            m = metrics(model.task_, val.targets[ok], P[ok], model.classes_, decision=model.decision_)
             model.meta_["metrics"] = {"val": headline(model.task_, m)}
     return model, P
+
+
+def _check_class_counts(train: ImageDataset, val: ImageDataset | None, log) -> None:
+    """Warn about classes with fewer than 5 training images, and name classes absent from validation."""
+    few = [f"{c} ({n})" for c, n in train.class_counts().items() if n < 5]
+    if few:
+        log(f"warning: {len(few)} classes have fewer than 5 training images: {', '.join(few[:8])}"
+            f"{' …' if len(few) > 8 else ''}; add images or expect unreliable results for them")
+    if val is not None and len(val):
+        absent = [c for c, n in val.class_counts().items() if n == 0]
+        if absent:
+            log(f"note: {len(absent)} classes have no validation images after splitting: {', '.join(absent[:8])}"
+                f"{' …' if len(absent) > 8 else ''}; their validation metrics are undefined (add images or "
+                "raise --val-split)")
 
 
 def method_defaults(backbone: str | None, pretrained: str | None) -> dict[str, Any]:
