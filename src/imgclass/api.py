@@ -15,7 +15,7 @@ from .errors import ConfigError, DataError
 from .evaluation import Evaluation
 from .evaluation import evaluate as _evaluate
 from .models import load_model
-from .training import RunDir, fit_model
+from .training import RunDir, check_task_options, fit_model
 from .transforms import Preprocess
 
 __all__ = ["compare", "evaluate", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
@@ -77,6 +77,8 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
         raise ConfigError("train: give DATA (or --resume RUN)")
     spec = parse_spec(method)  # a bad --method fails before anything is written
     ds = _as_dataset(data, task, taxonomy=taxonomy) if taxonomy is not None else _as_dataset(data, task)
+    check_task_options(ds, positive=positive, threshold_for=threshold_for, min_confidence=min_confidence,
+                       hierarchy=hierarchy, balance=balance)
     preprocess = _as_preprocess(preprocess)
     if val is None:
         idx, train_ds, val_ds = prepare_split(ds, val_split, seed, split_file)

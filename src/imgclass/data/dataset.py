@@ -157,15 +157,29 @@ class ImageDataset:
     def _strata(self) -> np.ndarray:
         if self.targets is None:
             return np.zeros(len(self), dtype=np.int64)
-        if self.targets.ndim == 2:
-            # Multi-label: stratify on each item's rarest label (the multilabel issue replaces this
-            # with iterative stratification).
-            freq = self.targets.sum(axis=0)
-            masked = np.where(self.targets > 0, freq[None, :], np.iinfo(np.int64).max)
-            strata = masked.argmin(axis=1)
-            strata[self.targets.sum(axis=1) == 0] = len(self.classes)
-            return strata
         return self.targets.astype(np.int64)
+
+    def _multilabel_split(self, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
+        """Iterative stratification (Sechidis et al. 2011, via ``iterstrat``): every label, and label
+        pairs, keep their proportions in each part as well as possible."""
+        from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+        Y = self.targets.astype(np.int64)
+        idx = np.arange(len(self))
+        out = {}
+        for name, frac in (("test", test), ("val", val)):
+            share = frac / max(1e-12, len(idx) / len(self))  # fraction of what is left
+            if frac <= 0 or len(idx) < 2:
+                continue
+            n_take = int(round(share * len(idx)))
+            if n_take < 1 or n_take >= len(idx):
+                continue
+            sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_take, random_state=seed)
+            keep, take = next(sss.split(np.zeros((len(idx), 1)), Y[idx]))
+            out[name] = np.sort(idx[take])
+            idx = idx[keep]
+        out["train"] = np.sort(idx)
+        return out
 
     def split_indices(self, val: float = 0.2, test: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
         """Seeded stratified split into train/val(/test) index arrays.
@@ -177,6 +191,8 @@ class ImageDataset:
         if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
             raise ConfigError(f"--val-split {val} / --test-split {test}: fractions must be in [0, 1) "
                               "and sum to less than 1")
+        if self.targets is not None and self.targets.ndim == 2:
+            return self._multilabel_split(val, test, seed)
         rng = np.random.default_rng(seed)
         strata = self._strata()
         out: dict[str, list[int]] = {"train": [], "val": [], "test": []}

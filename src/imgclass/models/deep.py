@@ -60,6 +60,7 @@ class DeepClassifier:
         self.task_ = "multiclass"
         self.taxonomy_: dict | None = None
         self.decision_ = None
+        self.hierarchy = "flat"  # hierarchical tasks: flat (leaf softmax) | local (softmax per parent node)
         self.model_ = None
         self.errors_: list[tuple[str, str]] = []
         self.history_: list[dict] = []
@@ -74,6 +75,18 @@ class DeepClassifier:
         self.model_ = create_backbone(self.backbone, pretrained=self.pretrained, num_classes=num_classes, **kwargs)
         self._onnx = None
         return self.model_
+
+    def _tree(self):
+        from ..tasks.hierarchy import Tree
+
+        return Tree(self.taxonomy_ or {c: None for c in self.classes_}, self.classes_)
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs of the network: one per class, or one per taxonomy node for ``hierarchy="local"``."""
+        if self.task_ == "hierarchical" and self.hierarchy == "local":
+            return len(self._tree().nodes)
+        return len(self.classes_)
 
     @property
     def tta(self) -> bool:
@@ -135,9 +148,13 @@ class DeepClassifier:
             if self.tta:
                 logits = (logits + run(a[..., ::-1])) / 2
             out.append(logits)
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.n_outputs), np.float32)
 
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        if self.task_ == "hierarchical" and self.hierarchy == "local":
+            from ..tasks.hierarchy import leaf_probabilities_from_node_logits
+
+            return leaf_probabilities_from_node_logits(self._tree(), logits)
         if self.task_ == "multilabel":
             return 1.0 / (1.0 + np.exp(-logits))
         z = logits - logits.max(axis=1, keepdims=True)
@@ -179,7 +196,8 @@ class DeepClassifier:
             model.task_ = meta.get("task", "multiclass")
             model.taxonomy_ = meta.get("taxonomy")
             model.decision_ = Decision.from_dict(meta["decision"]) if meta.get("decision") else None
-            net = create_backbone(meta["backbone"], pretrained=None, num_classes=len(model.classes_))
+            model.hierarchy = meta.get("hierarchy", "flat")
+            net = create_backbone(meta["backbone"], pretrained=None, num_classes=model.n_outputs)
             net.load_state_dict(load_file(str(wfile)), strict=True)
         except (KeyError, TypeError) as exc:
             raise ModelFormatError(f"{folder}: bad model.json field {exc}") from None
@@ -193,7 +211,7 @@ class DeepClassifier:
 
     def config(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "arch": self.backbone_cfg.arch, "pretrained": self.pretrained,
-                "train_config": self.train_config}
+                "train_config": self.train_config, "hierarchy": self.hierarchy}
 
     def __repr__(self) -> str:
         return f"DeepClassifier(method={self.method!r}, classes={len(self.classes_)}, fitted={self.model_ is not None})"

@@ -310,3 +310,21 @@ def hierarchical_metrics(tree: Tree, y_leaf: np.ndarray, P_nodes: np.ndarray,
         out["min_confidence"] = p_main
         out["fallback_at"] = next(e for e in fallback if e["min_confidence"] == p_main)
     return out
+
+
+def sibling_groups(tree: Tree) -> list[np.ndarray]:
+    """Node indices of each set of siblings (children of one parent, or the roots): the softmax groups of
+    a network that scores every node (the ``local`` strategy for deep models)."""
+    return [tree._child_idx[k] for k in sorted(tree._child_idx)]
+
+
+def leaf_probabilities_from_node_logits(tree: Tree, logits: np.ndarray) -> np.ndarray:
+    """Leaf probabilities from one logit per node: a softmax within each sibling group gives P(node |
+    parent), and a leaf's probability is the product along its path (computed in log space)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    log_cond = np.zeros_like(logits)
+    for idx in sibling_groups(tree):
+        z = logits[:, idx]
+        z = z - z.max(axis=1, keepdims=True)
+        log_cond[:, idx] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return np.exp(log_cond @ tree.ancestor_matrix.T.astype(np.float64))

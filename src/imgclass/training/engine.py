@@ -191,12 +191,45 @@ class TrainData:
     skipped: list
 
 
+class NodeSoftmaxLoss:
+    """The ``local`` hierarchical strategy for a network with one logit per taxonomy node: a softmax
+    within each group of siblings gives P(node | parent) (one classifier per parent node, sharing the
+    backbone); the loss is the negative log-probability of the true leaf, i.e. the sum of the
+    cross-entropies of every parent's classifier along the true path."""
+
+    def __init__(self, groups, ancestor_matrix):
+        import torch
+
+        self.groups = [torch.as_tensor(g, dtype=torch.long) for g in groups]
+        self.A = torch.as_tensor(np.asarray(ancestor_matrix), dtype=torch.float32).T  # (n_nodes, n_leaves)
+
+    def leaf_log_probs(self, logits):
+        import torch
+
+        log_cond = torch.zeros_like(logits)
+        for idx in self.groups:
+            log_cond[:, idx] = torch.log_softmax(logits[:, idx], dim=1)
+        return log_cond @ self.A
+
+    def __call__(self, logits, target):
+        import torch
+
+        logp = self.leaf_log_probs(logits)
+        if target.ndim == 2:  # soft targets (mixup/cutmix)
+            return -(target * logp).sum(dim=1).mean()
+        return torch.nn.functional.nll_loss(logp, target)
+
+
 class Trainer:
-    """Train ``model`` on in-memory tensors, checkpointing into ``ckpt_dir`` every epoch."""
+    """Train ``model`` on in-memory tensors, checkpointing into ``ckpt_dir`` every epoch.
+
+    ``node_loss`` (a ``NodeSoftmaxLoss``) switches to one output per taxonomy node (``--hierarchy local``).
+    """
 
     def __init__(self, model, train: TrainData, val: TrainData | None, cfg: TrainConfig, mean, std,
                  task: str = "multiclass", ckpt_dir: str | Path | None = None, pretrained: bool = False,
-                 on_epoch: Callable[[dict], Any] | None = None, log: Callable[[str], Any] = lambda m: None):
+                 on_epoch: Callable[[dict], Any] | None = None, log: Callable[[str], Any] = lambda m: None,
+                 node_loss: NodeSoftmaxLoss | None = None):
         import torch
 
         self.torch = torch
@@ -212,13 +245,18 @@ class Trainer:
         self.g = torch.Generator().manual_seed(cfg.seed)
         self.augment = BatchAugment(cfg.augment, self.g)
         n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
+        if node_loss is not None:
+            n_classes = node_loss.A.shape[1]
         self.n_classes = n_classes
+        self.node_loss = node_loss
         weight = None
         if cfg.balance == "weights" and train.y.ndim == 1:
             counts = torch.bincount(train.y, minlength=n_classes).float().clamp_min(1)
             weight = counts.sum() / (len(counts) * counts)
         if task == "multilabel":
             self.criterion = torch.nn.BCEWithLogitsLoss()
+        elif node_loss is not None:
+            self.criterion = node_loss
         else:
             self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = max(1, math.ceil(len(train.x) / cfg.batch_size))
@@ -406,6 +444,8 @@ class Trainer:
             pred = (logits.sigmoid() >= 0.5).float()
             f1 = _micro_f1(pred, self.val.y.float())
             return {"val_micro_f1": f1}
+        if self.node_loss is not None:
+            logits = self.node_loss.leaf_log_probs(logits)
         loss = float(torch.nn.functional.cross_entropy(logits, self.val.y))
         return {"val_accuracy": float((logits.argmax(1) == self.val.y).float().mean()), "val_loss": loss}
 

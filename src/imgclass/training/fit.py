@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..data import ImageDataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import build_model
 from ..models.classical import with_gaps
 from ..tasks import headline, metrics
@@ -38,13 +38,8 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
     from ..models import parse_spec
     from ..tasks.decision import tune_decision
 
-    task = train.task or "multiclass"
-    if hierarchy not in ("flat", "local"):
-        raise DataError(f"--hierarchy {hierarchy!r}: choose flat or local")
-    if hierarchy == "local" and task != "hierarchical":
-        raise DataError(f"--hierarchy local needs hierarchical data (nested folders or --taxonomy); this is {task}")
-    tune_decision(task, list(train.classes), None, None, taxonomy=train.taxonomy, positive=positive,
-                  threshold_for=threshold_for, min_confidence=min_confidence)  # bad options fail before training
+    check_task_options(train, positive=positive, threshold_for=threshold_for, min_confidence=min_confidence,
+                       hierarchy=hierarchy, balance=balance)
     _check_class_counts(train, val, log)
     if balance is not None:
         train_config = {**(train_config.to_dict() if isinstance(train_config, TrainConfig) else train_config or {}),
@@ -58,9 +53,9 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
         cfg = TrainConfig.from_dict({"seed": seed, **base, **(train_config or {})})
     model = build_model(method, seed=seed, n_jobs=n_jobs, preprocess=preprocess, max_pixels=max_pixels,
                         img_size=img_size, pretrained=pretrained, train_config=cfg.to_dict())
+    model.hierarchy = hierarchy
     if model.kind != "deep":
         model.balance = cfg.balance if balance is None else balance
-        model.hierarchy = hierarchy
     if model.kind == "deep":
         P = fit_deep(model, train, val, cfg, ckpt_dir=ckpt_dir, resume=resume, log=log, on_epoch=on_epoch)
     else:
@@ -84,6 +79,22 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
             m = metrics(model.task_, val.targets[ok], P[ok], model.classes_, decision=model.decision_)
             model.meta_["metrics"] = {"val": headline(model.task_, m)}
     return model, P
+
+
+def check_task_options(ds: ImageDataset, positive: str | None = None, threshold_for: str | None = None,
+                       min_confidence: float | None = None, hierarchy: str = "flat", balance: str | None = None) -> None:
+    """Refuse bad task options for ``ds`` up front (before a run directory or a model is made)."""
+    from ..tasks.decision import tune_decision
+
+    task = ds.task or "multiclass"
+    if hierarchy not in ("flat", "local"):
+        raise ConfigError(f"--hierarchy {hierarchy!r}: choose flat or local")
+    if hierarchy == "local" and task != "hierarchical":
+        raise ConfigError(f"--hierarchy local needs hierarchical data (nested folders or --taxonomy); this is {task}")
+    if balance is not None and balance not in ("none", "weights", "sampler"):
+        raise ConfigError(f"--balance {balance!r}: choose none, weights or sampler")
+    tune_decision(task, list(ds.classes), None, None, taxonomy=ds.taxonomy, positive=positive,
+                  threshold_for=threshold_for, min_confidence=min_confidence)
 
 
 def _check_class_counts(train: ImageDataset, val: ImageDataset | None, log) -> None:
@@ -144,9 +155,17 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
         va = TrainData(xva, _targets(val, okva), errva)
     if len(xtr) < 2:
         raise DataError("fewer than two readable training images")
-    net = model.build_network(len(model.classes_), drop_rate=cfg.dropout)
+    node_loss = None
+    if model.task_ == "hierarchical" and model.hierarchy == "local":
+        from ..tasks.hierarchy import Tree, sibling_groups
+        from .engine import NodeSoftmaxLoss
+
+        tree = Tree(model.taxonomy_, model.classes_)
+        node_loss = NodeSoftmaxLoss(sibling_groups(tree), tree.ancestor_matrix)
+    net = model.build_network(model.n_outputs, drop_rate=cfg.dropout)
     trainer = Trainer(net, tr, va, cfg, model.preprocess.mean, model.preprocess.std, task=model.task_,
-                      ckpt_dir=ckpt_dir, pretrained=model.pretrained is not None, log=log, on_epoch=on_epoch)
+                      ckpt_dir=ckpt_dir, pretrained=model.pretrained is not None, log=log, on_epoch=on_epoch,
+                      node_loss=node_loss)
     last = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
     if resume and last is not None and last.exists():
         trainer.load_checkpoint(last)
