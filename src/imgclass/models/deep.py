@@ -21,8 +21,8 @@ from ..errors import ConfigError, ModelFormatError
 from ..features import decode_to_tensor
 from ..features.backbones import backbone_config, create_backbone
 from ..features.deep import cache_dir, export_onnx
-from ..transforms import Preprocess
 from ..tasks.decision import Decision
+from ..transforms import Preprocess
 from .classical import _sources_of, predictions, with_gaps
 
 WEIGHTS_FILE = "weights.safetensors"
