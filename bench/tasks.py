@@ -63,7 +63,9 @@ def _cifar_rows(root: Path, keep=None, cut: dict | None = None, seed: int = 0) -
 
 
 def _train(data, method, args, out, **kw):
-    deep = imgclass.models.parse_spec(method).kind == "deep"
+    from imgclass.models import parse_spec
+
+    deep = parse_spec(method).kind == "deep"
     extra = {"train_config": _deep_config(args), "img_size": args.img_size} if deep else {}
     with Timer() as t:
         model = imgclass.train(data, method=method, out=out, log=_log, **extra, **kw)

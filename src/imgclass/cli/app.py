@@ -125,7 +125,7 @@ def train(
     optimizer: Annotated[str | None, typer.Option(help="Deep: adamw, sgd or rmsprop.", rich_help_panel="Deep training")] = None,
     schedule: Annotated[str | None, typer.Option(help="Deep: onecycle, cosine or constant (with warmup).", rich_help_panel="Deep training")] = None,
     augment: Annotated[str | None, typer.Option(help="Deep: none, light, standard or strong.", rich_help_panel="Deep training")] = None,
-    unfreeze: Annotated[int | None, typer.Option(help="Deep: fine-tune only the last N blocks.", rich_help_panel="Deep training")] = None,
+    unfreeze: Annotated[str | None, typer.Option(help="Deep, pretrained: fine-tune only the last N blocks (default 3; the frozen blocks' activations are cached), or 'all'.", rich_help_panel="Deep training")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Deep: label smoothing (default 0.1).", rich_help_panel="Deep training")] = None,
     mixup: Annotated[float | None, typer.Option(help="Deep: mixup alpha (0 = off).", rich_help_panel="Deep training")] = None,
     cutmix: Annotated[float | None, typer.Option(help="Deep: cutmix alpha (0 = off).", rich_help_panel="Deep training")] = None,

@@ -60,7 +60,7 @@ class TrainConfig:
     augment: str = "standard"
     head_epochs: int = 1  # pretrained backbones: epochs with the backbone frozen
     backbone_lr_scale: float = 0.1
-    unfreeze: int | None = None  # train only the last N blocks (None = all)
+    unfreeze: int | str | None = None  # train only the last N blocks (None or "all" = every block)
     cache_frozen: bool = True  # with unfreeze: run the frozen trunk once and cache its activations
     tta: bool = True
     threads: int | None = None
@@ -75,6 +75,15 @@ class TrainConfig:
             raise ConfigError(f"--balance {self.balance!r}: choose none, weights or sampler")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("--epochs and --batch-size must be at least 1")
+        if isinstance(self.unfreeze, str):
+            if self.unfreeze.strip().lower() == "all":
+                self.unfreeze = None
+            elif self.unfreeze.strip().isdigit():
+                self.unfreeze = int(self.unfreeze)
+            else:
+                raise ConfigError(f"--unfreeze {self.unfreeze!r}: give a number of blocks or 'all'")
+        if self.unfreeze is not None and self.unfreeze < 0:
+            raise ConfigError(f"--unfreeze {self.unfreeze}: give a number of blocks (0 = head only) or 'all'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
