@@ -719,3 +719,38 @@ def test_bad_task_option_writes_no_run_directory(tmp_path, opts):
     assert leftovers == []
     model = imgclass.train(data, method="pixels+logreg", out=tmp_path / "run", n_jobs=1)
     assert Path(model.run_dir) == tmp_path / "run"
+
+
+# =========================================================================== deep models
+def test_deep_multilabel_uses_a_sigmoid_head_and_round_trips(multilabel, tmp_path):
+    """A deep multi-label model: independent per-label probabilities (not a softmax), BCE training,
+    per-label thresholds in the bundle, identical predictions after reload."""
+    with _quiet_env(tmp_path):
+        model = imgclass.train(multilabel["csv"], method="test_efficientnet@scratch", img_size=32, out=tmp_path / "r",
+                               train_config={**FAST, "epochs": 2}, n_jobs=1)
+    assert model.task_ == "multilabel" and "val_micro_f1" in model.history_[-1]
+    files = multilabel["test_files"][:6]
+    P = model.predict_proba(files)
+    assert P.shape == (6, len(ML_COLOURS)) and ((P >= 0) & (P <= 1)).all()
+    assert not np.allclose(P.sum(axis=1), 1.0)  # sigmoid outputs, not a distribution
+    again = imgclass.load_model(tmp_path / "r" / "model")
+    assert again.decision_.thresholds == model.decision_.thresholds and len(model.decision_.thresholds) == 3
+    np.testing.assert_allclose(again.predict_proba(files), P, atol=1e-5)
+    for pred in again.predict(files):
+        assert pred.labels and all(lab in ML_COLOURS for lab, _ in pred.labels)
+
+
+def test_deep_local_hierarchy_scores_every_node(hier, tmp_path):
+    """--hierarchy local with a deep model: one output per taxonomy node, a softmax per sibling group;
+    leaf probabilities sum to one, and the bundle reloads the node head."""
+    with _quiet_env(tmp_path):
+        model = imgclass.train(hier["data"], method="test_efficientnet@scratch", img_size=32, hierarchy="local",
+                               out=tmp_path / "r", train_config={**FAST, "epochs": 2}, n_jobs=1)
+    n_nodes = len(model.decision_.tree().nodes)
+    assert model.model_.get_classifier().out_features == n_nodes > len(model.classes_)
+    files = sorted(str(p) for p in Path(hier["data"]).rglob("*.png"))[::5]
+    P = model.predict_proba(files)
+    assert P.shape == (len(files), len(model.classes_)) and np.allclose(P.sum(axis=1), 1.0, atol=1e-6)
+    again = imgclass.load_model(tmp_path / "r" / "model")
+    assert again.hierarchy == "local"
+    np.testing.assert_allclose(again.predict_proba(files), P, atol=1e-5)

@@ -152,7 +152,12 @@ class Decision:
                 pr = Prediction(label, prob, [(label, prob)] if label else [], top, path, note)
             else:
                 j = int(pred[i])
-                pr = Prediction(self.classes[j], float(Q[i, j]), [(self.classes[j], float(Q[i, j]))], top)
+                note = ""
+                if self.task == "binary" and self.threshold is not None and j != int(Q[i].argmax()):
+                    pos = self.positive_index
+                    note = (f"{self.classes[pos]} {'reaches' if j == pos else 'is below'} its threshold "
+                            f"{self.threshold:.3f}")
+                pr = Prediction(self.classes[j], float(Q[i, j]), [(self.classes[j], float(Q[i, j]))], top, note=note)
             out[r] = pr
         return out
 
