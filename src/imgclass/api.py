@@ -51,7 +51,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
           img_size: int | None = None, pretrained: str | None = None, resume: str | os.PathLike | None = None,
           taxonomy: str | os.PathLike | None = None, positive: str | None = None, threshold_for: str | None = None,
           min_confidence: float | None = None, hierarchy: str = "flat", balance: str | None = None,
-          log: Callable[[str], Any] = lambda m: None):
+          calibrate: bool = True, log: Callable[[str], Any] = lambda m: None):
     """Train ``method`` on ``data``. With ``out`` the whole run directory is written.
 
     ``data`` is a dataset or a path. When ``val`` is not given, a seeded stratified split of ``data``
@@ -67,7 +67,8 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
     Task options: ``taxonomy`` (a JSON/YAML tree file making the task hierarchical), ``hierarchy``
     (``flat`` or ``local``), ``min_confidence`` (hierarchical fallback), ``positive`` and
     ``threshold_for`` (binary: ``f1``, ``youden``, ``precision=0.95``, ``recall=0.9``), ``balance``
-    (``none``, ``weights``, ``sampler``). Thresholds are tuned on the validation split.
+    (``none``, ``weights``, ``sampler``). Thresholds are tuned on the validation split, after a
+    temperature is fitted there (``calibrate``; stored in the bundle and used by ``predict``).
     """
     from .models import parse_spec
 
@@ -95,7 +96,8 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
                           "train": train_config, "img_size": img_size, "pretrained": pretrained,
                           "taxonomy": os.path.abspath(taxonomy) if taxonomy is not None else None,
                           "decision": {"positive": positive, "threshold_for": threshold_for,
-                                       "min_confidence": min_confidence, "hierarchy": hierarchy, "balance": balance},
+                                       "min_confidence": min_confidence, "hierarchy": hierarchy, "balance": balance,
+                                       "calibrate": calibrate},
                           "platform": platform.platform()})
         if idx is not None:
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
@@ -104,7 +106,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
                            max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
                            img_size=img_size, pretrained=pretrained, resume=False, log=log, positive=positive,
                            threshold_for=threshold_for, min_confidence=min_confidence, hierarchy=hierarchy,
-                           balance=balance)
+                           balance=balance, calibrate=calibrate)
 
 
 def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **kw):

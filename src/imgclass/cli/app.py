@@ -139,6 +139,7 @@ def train(
     positive: Annotated[str | None, typer.Option(help="Binary: the positive class (default: the second class).", rich_help_panel="Task")] = None,
     threshold_for: Annotated[str | None, typer.Option(help="Binary: tune the threshold on validation for f1 (default), youden, precision=P or recall=R.", rich_help_panel="Task")] = None,
     balance: Annotated[str | None, typer.Option(help="Imbalance: none, weights (class-weighted loss / class_weight) or sampler (balanced batches / resampling).", rich_help_panel="Task")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on validation (stored in the bundle, used by predict).", rich_help_panel="Task")] = True,
 ):
     """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
     from .. import api
@@ -159,7 +160,7 @@ def train(
                           preprocess=_preprocess(size, resize, grayscale, denoise, equalize),
                           train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err,
                           taxonomy=taxonomy, hierarchy=hierarchy, min_confidence=min_confidence, positive=positive,
-                          threshold_for=threshold_for, balance=balance)
+                          threshold_for=threshold_for, balance=balance, calibrate=calibrate)
     val = model.meta_.get("metrics", {}).get("val", {})
     _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
     if json_out:

@@ -281,15 +281,15 @@ class FeaturePipeline:
         """Class probabilities for feature rows, columns aligned with ``classes_``."""
         self._check_fitted()
         if isinstance(self.classifier_, dict):
-            return self._local_proba(F)
+            return calibrated(self, self._local_proba(F))
         P = np.asarray(self.classifier_.predict_proba(F), dtype=np.float64)
         if self.task_ == "multilabel":
-            return P
+            return calibrated(self, P)
         # sklearn orders columns by the labels it saw; map them onto all classes
         seen = np.asarray(self.classifier_.classes_, dtype=np.int64)
         out = np.zeros((len(F), len(self.classes_)), dtype=np.float64)
         out[:, seen] = P
-        return out
+        return calibrated(self, out)
 
     def predict_proba(self, X: ImageDataset | Sequence[ImageSource]) -> np.ndarray:
         """``(n, n_classes)`` probabilities; NaN rows for images that could not be read."""
@@ -347,6 +347,14 @@ def _oversample(F: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np
     idx = np.concatenate([rng.choice(np.flatnonzero(y == c), counts.max(), replace=True) if n < counts.max()
                           else np.flatnonzero(y == c) for c, n in enumerate(counts) if n > 0])
     return F[idx], y[idx]
+
+
+def calibrated(model, P: np.ndarray) -> np.ndarray:
+    """``P`` with the model's fitted temperature applied (unchanged when it has none)."""
+    from ..tasks.calibration import apply_temperature
+
+    cal = model.meta_.get("calibration") or {}
+    return apply_temperature(model.task_, P, cal.get("temperature"))
 
 
 def decision_of(model) -> Decision:

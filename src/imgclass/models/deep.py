@@ -23,7 +23,7 @@ from ..features.backbones import backbone_config, create_backbone
 from ..features.deep import cache_dir, export_onnx
 from ..tasks.decision import Decision
 from ..transforms import Preprocess
-from .classical import _sources_of, predictions, with_gaps
+from .classical import _sources_of, calibrated, predictions, with_gaps
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -151,15 +151,16 @@ class DeepClassifier:
         return np.concatenate(out) if out else np.zeros((0, self.n_outputs), np.float32)
 
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities (with the fitted temperature, once calibrated) from network outputs."""
         if self.task_ == "hierarchical" and self.hierarchy == "local":
             from ..tasks.hierarchy import leaf_probabilities_from_node_logits
 
-            return leaf_probabilities_from_node_logits(self._tree(), logits)
+            return calibrated(self, leaf_probabilities_from_node_logits(self._tree(), logits))
         if self.task_ == "multilabel":
-            return 1.0 / (1.0 + np.exp(-logits))
+            return calibrated(self, 1.0 / (1.0 + np.exp(-logits)))
         z = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return calibrated(self, e / e.sum(axis=1, keepdims=True))
 
     # ---------------------------------------------------------------- inference
     def predict_proba(self, X) -> np.ndarray:

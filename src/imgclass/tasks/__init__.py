@@ -100,10 +100,18 @@ def metrics(task: str, targets: np.ndarray, P: np.ndarray, classes: Sequence[str
             at_half = multilabel_metrics(targets, P, classes, None)
             out["at_0.5"] = {k: at_half[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy")}
         out["thresholds"] = list(decision.thresholds) if decision.thresholds is not None else [0.5] * len(classes)
+        if len(targets):
+            from .calibration import calibration_bins
+
+            out["ece"] = calibration_bins(task, targets, P)["ece"]
         return out
     lab = targets >= 0
     y, P = targets[lab], P[lab]
     out = single_label_metrics(y, P, classes, pred=decision.predicted_indices(P) if len(P) else None)
+    if len(y):
+        from .calibration import calibration_bins
+
+        out["ece"] = calibration_bins(task, y, P)["ece"]
     if task == "binary" and len(classes) == 2:
         from .thresholds import binary_curves
 

@@ -23,7 +23,7 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
               pretrained: str | None = None, ckpt_dir: str | Path | None = None, resume: bool = False,
               on_epoch: Callable[[dict], Any] | None = None, positive: str | None = None,
               threshold_for: str | None = None, min_confidence: float | None = None, hierarchy: str = "flat",
-              balance: str | None = None):
+              balance: str | None = None, calibrate: bool = True):
     """Build the estimator for ``method``, fit it on ``train`` and score it on ``val``.
 
     Deep methods train with the engine (``train_config``; checkpoints in ``ckpt_dir``; ``resume``
@@ -31,6 +31,8 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
     the ``positive`` class, multi-label per-class thresholds, hierarchical ``min_confidence``) is tuned
     on ``val`` and kept in ``model.decision_``. ``balance``: ``weights`` (class-weighted loss, or
     ``class_weight="balanced"`` for classical classifiers) or ``sampler`` (deep: balanced batches).
+    With ``calibrate`` a temperature is fitted on ``val`` first (``model.meta_["calibration"]``), and
+    the returned probabilities, the tuned thresholds and every later ``predict_proba`` use it.
     Returns ``(model, val_probabilities or None)``; validation metrics land in ``model.meta_["metrics"]``.
     """
     if not train.is_labelled:
@@ -70,6 +72,15 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
             if model.errors_:
                 log(f"skipped {len(model.errors_)} unreadable validation images (listed in the report)")
     model.meta_["data_fingerprint"] = train.fingerprint()
+    if calibrate and P is not None and (~np.isnan(P).any(axis=1)).sum() >= MIN_CALIBRATION_IMAGES:
+        from ..tasks.calibration import apply_temperature
+        from ..tasks.calibration import calibrate as fit_calibration
+
+        cal = fit_calibration(model.task_, val.targets, P)
+        model.meta_["calibration"] = cal
+        P = apply_temperature(model.task_, P, cal["temperature"])
+        log(f"temperature scaling: T = {cal['temperature']:.3f}, validation ECE {cal['ece_before']:.4f} -> "
+            f"{cal['ece_after']:.4f}")
     model.decision_ = tune_decision(model.task_, list(model.classes_), val.targets if P is not None else None, P,
                                     taxonomy=model.taxonomy_, positive=positive, threshold_for=threshold_for,
                                     min_confidence=min_confidence, hierarchy=hierarchy, log=log)
@@ -109,6 +120,10 @@ def _check_class_counts(train: ImageDataset, val: ImageDataset | None, log) -> N
             log(f"note: {len(absent)} classes have no validation images after splitting: {', '.join(absent[:8])}"
                 f"{' …' if len(absent) > 8 else ''}; their validation metrics are undefined (add images or "
                 "raise --val-split)")
+
+
+#: fewer validation images than this and no temperature is fitted (it would be noise)
+MIN_CALIBRATION_IMAGES = 20
 
 
 def method_defaults(backbone: str | None, pretrained: str | None) -> dict[str, Any]:
