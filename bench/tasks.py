@@ -204,7 +204,8 @@ def main() -> None:
     res = BENCHES[args.name](args)
     res["command"] = "python bench/tasks.py " + " ".join(sys.argv[1:])
     res["total_s"] = time.perf_counter() - t0
-    save(f"tasks_{args.name}", res)
+    suffix = "_" + args.method.replace("+", "-").replace("@", "-") if args.method else ""
+    save(f"tasks_{args.name}{suffix}", res)
 
 
 if __name__ == "__main__":

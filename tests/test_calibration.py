@@ -60,6 +60,10 @@ def test_training_fits_stores_and_applies_the_temperature(tmp_path):
     cal = model.meta_["calibration"]
     assert cal["method"] == "temperature" and cal["temperature"] > 0 and cal["n"] == 24
     assert any("temperature scaling" in m for m in logs)
+    assert (tmp_path / "run" / "plots" / "reliability.png").stat().st_size > 1000
+    assert "reliability diagram" in (tmp_path / "run" / "report.html").read_text()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert 0 <= metrics["ece"] <= 1
     meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert meta["calibration"]["temperature"] == pytest.approx(cal["temperature"])
     files = sorted(str(p) for p in (data / "red").iterdir())[:4]

@@ -133,6 +133,31 @@ class Evaluation:
         fig.tight_layout()
         return fig
 
+    def reliability_figure(self):
+        """Reliability diagram: accuracy per confidence bin against the diagonal, with the ECE."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from ..tasks.calibration import calibration_bins
+
+        b = calibration_bins(self.task, self.targets, self.probabilities)
+        edges = np.asarray(b["edges"])
+        acc = np.array([np.nan if v is None else v for v in b["accuracy"]])
+        fig, ax = plt.subplots(figsize=(5.2, 4.6))
+        ax.bar(edges[:-1], np.nan_to_num(acc), width=np.diff(edges), align="edge", color="tab:blue",
+               edgecolor="white", label="accuracy per bin")
+        ax.plot([0, 1], [0, 1], color="#888", ls="--", label="perfect calibration")
+        ax.set_xlabel("confidence" if self.task != "multilabel" else "predicted probability")
+        ax.set_ylabel("accuracy" if self.task != "multilabel" else "fraction positive")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper left")
+        ax.set_title(f"reliability (ECE {b['ece']:.4f})")
+        fig.tight_layout()
+        return fig
+
     def fallback_figure(self):
         """Hierarchical: coverage (a leaf emitted) and precision of emitted labels vs the min confidence."""
         import matplotlib
@@ -200,6 +225,8 @@ class Evaluation:
             out["confusion"] = self.plot_confusion(plots / "confusion.png")
             out["confusion_normalized"] = self.plot_confusion(plots / "confusion_normalized.png", normalize=True)
         for name, present, fig in (("training_curves", bool(self.history), self.history_figure),
+                                   ("reliability", self.probabilities is not None and len(self.probabilities) > 0,
+                                    self.reliability_figure),
                                    ("roc_pr", "curves" in self.metrics, self.curves_figure),
                                    ("fallback", "hierarchy" in self.metrics, self.fallback_figure)):
             if present:
@@ -236,6 +263,9 @@ class Evaluation:
                 b64 = base64.b64encode(self._png(self.confusion_figure(norm))).decode()
                 parts.append(f"<h2>Confusion matrix{' (normalised)' if norm else ''}</h2>"
                              f"<img alt='confusion matrix' src='data:image/png;base64,{b64}'>")
+        if self.probabilities is not None and len(self.probabilities):
+            b64 = base64.b64encode(self._png(self.reliability_figure())).decode()
+            parts.append(f"<h2>Calibration</h2><img alt='reliability diagram' src='data:image/png;base64,{b64}'>")
         if "curves" in self.metrics:
             b64 = base64.b64encode(self._png(self.curves_figure())).decode()
             parts.append(f"<h2>ROC and precision-recall</h2><img alt='ROC and PR curves' src='data:image/png;base64,{b64}'>")
