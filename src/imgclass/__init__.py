@@ -22,6 +22,7 @@ _API = {
     "predict": "imgclass.api",
     "predict_proba": "imgclass.api",
     "compare": "imgclass.api",
+    "cv": "imgclass.api",
     "load_model": "imgclass.models",
     "FeaturePipeline": "imgclass.models",
     "Preprocess": "imgclass.transforms",

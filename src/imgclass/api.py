@@ -18,7 +18,7 @@ from .models import load_model
 from .training import RunDir, check_task_options, fit_model
 from .transforms import Preprocess
 
-__all__ = ["compare", "evaluate", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
+__all__ = ["compare", "cv", "evaluate", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
            "train"]
 
 
@@ -235,6 +235,23 @@ def compare(data: ImageDataset | str | os.PathLike, methods: Sequence[str], *, v
 
         atomic_write_json(run.path / "leaderboard.json", rows)
     return rows
+
+
+def cv(data: ImageDataset | str | os.PathLike, method: str, *, folds: int = 5, repeats: int = 1, seed: int = 0,
+       out: str | os.PathLike | None = None, task: str | None = None, n_jobs: int | None = None,
+       preprocess: Preprocess | dict | None = None, train_config: dict | None = None, img_size: int | None = None,
+       pretrained: str | None = None, hierarchy: str = "flat", balance: str | None = None,
+       log: Callable[[str], Any] = lambda m: None):
+    """Stratified k-fold cross-validation of ``method``; returns a ``CVResult`` (per-fold metrics,
+    ``summary`` mean/std, out-of-fold probabilities). With ``out``, folds are kept and a rerun with the
+    same ``out`` resumes after the last finished fold; ``oof.csv`` and ``cv.json`` are written there."""
+    from .evaluation import cross_validate
+
+    ds = _as_dataset(data, task)
+    check_task_options(ds, hierarchy=hierarchy, balance=balance)
+    return cross_validate(ds, method, folds=folds, repeats=repeats, seed=seed, out=out, log=log, n_jobs=n_jobs,
+                          preprocess=_as_preprocess(preprocess), train_config=train_config, img_size=img_size,
+                          pretrained=pretrained, hierarchy=hierarchy, balance=balance)
 
 
 def images_dataset(paths: Sequence[str | os.PathLike]) -> ImageDataset:

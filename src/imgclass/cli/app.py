@@ -244,6 +244,50 @@ def _prediction_line(r, task: str, top_k: int) -> str:
     return r.text() + "   | top: " + ", ".join(f"{lab} {pr * 100:.1f}%" for lab, pr in r.top)
 
 
+# --------------------------------------------------------------------------- cv
+@app.command(epilog="Example: imgclass cv photos/ --method hog+svm --folds 5 --out runs/photos-cv")
+def cv(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Labelled folder, CSV or JSONL.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Method spec (see 'imgclass methods').")] = "hog+svm",
+    folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Repeat the k-fold split this many times with different shuffles.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for the folds and the estimators.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Keep every fold, cv.json and oof.csv here; running again with the same --out resumes.")] = None,
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    epochs: Annotated[int | None, typer.Option(help="Deep: training epochs per fold.")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Deep: input size in pixels.")] = None,
+    hierarchy: Annotated[str, typer.Option(help="Hierarchical: flat or local.")] = "flat",
+    balance: Annotated[str | None, typer.Option(help="none, weights or sampler.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print per-fold metrics and the summary as JSON.")] = False,
+):
+    """Cross-validate a method: stratified folds, mean ± std per metric, out-of-fold probabilities."""
+    from .. import api
+
+    res = api.cv(data, method, folds=folds, repeats=repeats, seed=seed, out=out, task=task, n_jobs=jobs,
+                 train_config={"epochs": epochs} if epochs else None, img_size=img_size, hierarchy=hierarchy,
+                 balance=balance, log=_err)
+    if json_out:
+        _print_json(res.to_dict())
+        return
+    from rich.table import Table
+
+    from ..tasks import HEADLINE
+
+    keys = [k for k in HEADLINE.get(res.task, HEADLINE["default"]) if k in res.summary]
+    t = Table(title=f"{method}: {folds}-fold cross-validation" + (f" x {repeats}" if repeats > 1 else ""),
+              title_justify="left")
+    t.add_column("metric")
+    t.add_column("mean ± std", justify="right")
+    t.add_column("per fold", justify="left")
+    for k in keys:
+        s = res.summary[k]
+        t.add_row(k, f"{s['mean']:.4f} ± {s['std']:.4f}", " ".join(f"{f['metrics'][k]:.3f}" for f in res.folds))
+    _console().print(t)
+    if out is not None:
+        _console().print(f"out-of-fold probabilities: {Path(out) / 'oof.csv'}")
+
+
 # --------------------------------------------------------------------------- compare
 @app.command(epilog="Example: imgclass compare photos/ --methods hog+svm,lbp+rf,pixels+knn,hog+logreg")
 def compare(

@@ -1,6 +1,8 @@
-"""Evaluation: metrics on a labelled set, plots, a self-contained HTML report, and method comparison."""
+"""Evaluation: metrics on a labelled set, plots, a self-contained HTML report, method comparison and
+cross-validation."""
 
 from .compare import compare
+from .cv import CVResult, cross_validate
 from .evaluate import Evaluation, evaluate, evaluate_probabilities
 
-__all__ = ["Evaluation", "compare", "evaluate", "evaluate_probabilities"]
+__all__ = ["CVResult", "Evaluation", "compare", "cross_validate", "evaluate", "evaluate_probabilities"]
