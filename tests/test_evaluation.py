@@ -138,3 +138,41 @@ def test_evaluate_unknown_class(trained, tmp_path, make_colour_dataset):
 def test_evaluate_writes_out_folder(trained, tmp_path):
     imgclass.evaluate(trained["bundle"], trained["data"], out=tmp_path / "ev")
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]["n"] == 36
+
+
+def test_confused_pairs_and_top_losses_on_known_values():
+    ev = evaluate_probabilities("multiclass", CLASSES, TARGETS, P, items=["w", "x", "y", "z"])
+    assert ev.confused_pairs() == [{"true": "c", "predicted": "a", "count": 1, "share_of_true": 1.0}]
+    top = ev.top_losses(2)
+    # losses: -log .8, -log .7, -log .1, -log .5 -> y (truth c at 0.1) is the worst, then z
+    assert [r["item"] for r in top] == ["y", "z"]
+    assert top[0]["true"] == "c" and top[0]["predicted"] == "a" and top[0]["probability"] == pytest.approx(0.6)
+    assert top[0]["loss"] == pytest.approx(-np.log(0.1))
+
+
+def test_report_has_gallery_and_worst_slice_highlighted(tmp_path):
+    """--group-by: metrics per slice, worst first and highlighted; the top-losses gallery inlines
+    thumbnails of the evaluated images."""
+    rng = np.random.default_rng(0)
+    rows = ["path,label,site"]
+    for i in range(24):
+        label = ["red", "blue"][i % 2]
+        rgb = (200, 30, 30) if label == "red" else (30, 30, 200)
+        site = "A" if i < 12 else "B"
+        if site == "B" and i % 4 == 0:  # site B has some images coloured like the other class
+            rgb = rgb[::-1]
+        arr = np.clip(rng.normal(rgb, 15, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label},{site}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "site_a.csv").write_text("\n".join(rows[:13]) + "\n")
+    model = imgclass.train(tmp_path / "site_a.csv", method="pixels+logreg", val_split=0.25, n_jobs=1)
+    ev = imgclass.evaluate(model, tmp_path / "data.csv", out=tmp_path / "ev", group_by="site")
+    slices = ev.slices()
+    assert [s["group"] for s in slices] == ["B", "A"] and slices[0]["accuracy"] < slices[1]["accuracy"]
+    assert slices[0]["n"] == 12 and slices[0]["accuracy"] <= 0.75 and slices[1]["accuracy"] == 1.0
+    doc = (tmp_path / "ev" / "report.html").read_text()
+    assert "<h2>Slices</h2>" in doc and "background:#fdd'><td>B</td>" in doc
+    assert doc.count("class='thumb'") == 16 and "data:image/jpeg;base64," in doc
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["slices"][0]["group"] == "B" and len(saved["top_losses"]) == 16

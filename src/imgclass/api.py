@@ -127,7 +127,8 @@ def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **k
             ev = evaluate_probabilities(model.task_, model.classes_, val_ds.targets, P,
                                         items=[val_ds.relpath(i) for i in range(len(val_ds))],
                                         skipped=model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []),
-                                        decision=model.decision_, title=f"{method} on {ds.name} (validation)")
+                                        decision=model.decision_, title=f"{method} on {ds.name} (validation)",
+                                        sources=list(val_ds.sources), groups=val_ds.groups)
             ev.history = getattr(model, "history_", None) or None
             ev.write(run.path)
             run.log_metrics({"split": "val", "final": True, **ev.headline, "n": ev.metrics["n"],
@@ -200,10 +201,12 @@ def predict(model, images: Sequence[ImageSource] | ImageDataset, top_k: int = 1,
 
 
 def evaluate(model, data: ImageDataset | str | os.PathLike, out: str | os.PathLike | None = None,
-             task: str | None = None, max_pixels: int | None = None, n_jobs: int | None = None) -> Evaluation:
-    """Evaluate a model (object or bundle path) on labelled data; with ``out`` write the report files."""
+             task: str | None = None, max_pixels: int | None = None, n_jobs: int | None = None,
+             group_by: str | None = None) -> Evaluation:
+    """Evaluate a model (object or bundle path) on labelled data; with ``out`` write the report files.
+    ``group_by`` names a CSV/JSONL column whose values define slices, reported separately."""
     model = resolve_model(model, max_pixels, n_jobs)
-    ds = _as_dataset(data, task)
+    ds = _as_dataset(data, task, group_by=group_by) if group_by else _as_dataset(data, task)
     ev = _evaluate(model, ds)
     if out is not None:
         ev.write(out)

@@ -183,11 +183,12 @@ def evaluate(
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
+    group_by: Annotated[str | None, typer.Option(help="CSV/JSONL column whose values are slices (e.g. site, camera, skin tone); metrics per slice, worst first.")] = None,
 ):
     """Score a trained model on labelled data: accuracy, balanced accuracy, P/R/F1, top-k, confusion matrix."""
     from .. import api
 
-    ev = api.evaluate(model, data, out=out, task=task, max_pixels=max_pixels, n_jobs=jobs)
+    ev = api.evaluate(model, data, out=out, task=task, max_pixels=max_pixels, n_jobs=jobs, group_by=group_by)
     _warn_skipped(ev.skipped)
     if json_out:
         _print_json(ev.to_dict())
@@ -196,6 +197,10 @@ def evaluate(
     con.print(_metric_table(f"{ev.title} ({ev.metrics['n']} images)",
                             {k: v for k, v in ev.metrics.items() if k != "n"}))
     con.print(_per_class_table(ev.metrics["per_class"]))
+    slices = ev.slices()
+    if slices:
+        key = "macro_f1" if ev.task == "multilabel" else "accuracy"
+        con.print("slices (worst first): " + ", ".join(f"{r['group']} {r[key]:.3f} (n={r['n']})" for r in slices))
     if out is not None:
         con.print(f"report: {Path(out) / 'report.html'}")
 

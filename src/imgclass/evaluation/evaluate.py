@@ -38,14 +38,75 @@ class Evaluation:
     title: str = "evaluation"
     history: list[dict] | None = None  # per-epoch records of a deep training run
     decision: Decision | None = None  # the model's decision rule (thresholds, taxonomy)
+    sources: list | None = None  # image files of the evaluated rows (for the report's gallery)
+    groups: list[str] | None = None  # slice of each evaluated row (``--group-by``)
 
     @property
     def headline(self) -> dict[str, float]:
         return headline(self.task, self.metrics)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "classes": self.classes, "metrics": self.metrics,
-                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+        d = {"task": self.task, "classes": self.classes, "metrics": self.metrics,
+             "confused_pairs": self.confused_pairs(), "top_losses": self.top_losses(),
+             "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+        if self.groups:
+            d["slices"] = self.slices()
+        return d
+
+    # ------------------------------------------------------------------ analysis
+    def confused_pairs(self, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` most frequent (true, predicted) mistakes, largest first."""
+        if "confusion" not in self.metrics:
+            return []
+        cm = np.asarray(self.metrics["confusion"])
+        off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+        off.sort(key=lambda t: -t[0])
+        return [{"true": self.classes[i], "predicted": self.classes[j], "count": c,
+                 "share_of_true": c / max(int(cm[i].sum()), 1)} for c, i, j in off[:k]]
+
+    def top_losses(self, k: int = 16) -> list[dict[str, Any]]:
+        """The ``k`` rows with the highest loss (-log of the truth's probability), worst first."""
+        if self.probabilities is None or self.targets is None or not len(self.probabilities):
+            return []
+        P = np.clip(self.probabilities, 1e-12, 1.0)
+        if self.task == "multilabel":
+            Y = self.targets.astype(float)
+            loss = -(Y * np.log(P) + (1 - Y) * np.log(np.clip(1 - self.probabilities, 1e-12, 1.0))).sum(axis=1)
+        else:
+            loss = -np.log(P[np.arange(len(P)), self.targets])
+        decision = self.decision or Decision(task=self.task, classes=list(self.classes))
+        pred = decision.predicted_indices(self.probabilities)
+        out = []
+        for i in np.argsort(-loss, kind="stable")[:k]:
+            if self.task == "multilabel":
+                truth = "|".join(self.classes[j] for j in np.flatnonzero(self.targets[i]))
+                guess = "|".join(self.classes[j] for j in np.flatnonzero(pred[i])) or "(none)"
+                prob = float(self.probabilities[i].max())
+            else:
+                truth, guess = self.classes[self.targets[i]], self.classes[pred[i]]
+                prob = float(self.probabilities[i, pred[i]])
+            out.append({"row": int(i), "item": self.items[i], "true": truth, "predicted": guess,
+                        "probability": prob, "loss": float(loss[i])})
+        return out
+
+    def slices(self) -> list[dict[str, Any]]:
+        """Metrics per group (``--group-by``), worst first by the task's main score."""
+        if not self.groups:
+            return []
+        from ..tasks import metrics as task_metrics
+
+        key = "macro_f1" if self.task == "multilabel" else "accuracy"
+        out = []
+        groups = np.asarray(self.groups, dtype=object)
+        for g in sorted(set(self.groups), key=str):
+            rows = np.flatnonzero(groups == g)
+            m = task_metrics(self.task, self.targets[rows], self.probabilities[rows], self.classes,
+                             decision=self.decision)
+            out.append({"group": str(g), "n": int(len(rows)), key: m[key],
+                        "balanced_accuracy" if self.task != "multilabel" else "micro_f1":
+                            m.get("balanced_accuracy", m.get("micro_f1"))})
+        out.sort(key=lambda r: r[key])
+        return out
 
     # ------------------------------------------------------------------ plots
     def confusion_figure(self, normalize: bool = False):
@@ -237,6 +298,32 @@ class Evaluation:
         self.to_html(out["report"])
         return out
 
+    def _gallery_html(self, k: int = 16, side: int = 112) -> str:
+        """Top losses as inlined JPEG thumbnails with truth, prediction and probability."""
+        if not self.sources:
+            return ""
+        from ..data.decode import load_image
+        from ..errors import ImageLoadError
+
+        e = html.escape
+        cells = []
+        for r in self.top_losses(k):
+            try:
+                im = load_image(self.sources[r["row"]], draft_size=side)
+            except ImageLoadError:
+                continue
+            im.thumbnail((side, side))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+            b64 = base64.b64encode(buf.getvalue()).decode()
+            cells.append(f"<figure style='display:inline-block;margin:4px;width:{side + 20}px;vertical-align:top'>"
+                         f"<img class='thumb' alt='{e(r['item'])}' src='data:image/jpeg;base64,{b64}'>"
+                         f"<figcaption style='font-size:11px'>true <b>{e(r['true'])}</b><br>predicted "
+                         f"<b>{e(r['predicted'])}</b> {r['probability'] * 100:.0f}%<br>{e(r['item'])}</figcaption></figure>")
+        if not cells:
+            return ""
+        return "<h2>Top losses</h2><div class='gallery'>" + "".join(cells) + "</div>"
+
     def to_html(self, path: str | os.PathLike | None = None) -> str:
         """A self-contained HTML report (plots inlined as base64 PNG). Written atomically if ``path``."""
         e = html.escape
@@ -258,6 +345,22 @@ class Evaluation:
             parts.append(f"<tr><td>{e(row['class'])}</td><td>{row['precision']:.3f}</td><td>{row['recall']:.3f}"
                          f"</td><td>{row['f1']:.3f}</td><td>{row['support']}</td></tr>")
         parts.append("</table>")
+        slices = self.slices()
+        if slices:
+            key = "macro_f1" if self.task == "multilabel" else "accuracy"
+            parts.append(f"<h2>Slices</h2><p>{key} per group, worst first; the worst slice is highlighted.</p>"
+                         f"<table><tr><th>group</th><th>images</th><th>{key}</th></tr>")
+            for i, r in enumerate(slices):
+                style = " style='background:#fdd'" if i == 0 and len(slices) > 1 else ""
+                parts.append(f"<tr{style}><td>{e(r['group'])}</td><td>{r['n']}</td><td>{r[key]:.4f}</td></tr>")
+            parts.append("</table>")
+        pairs = self.confused_pairs()
+        if pairs:
+            parts.append("<h2>Most confused pairs</h2><table><tr><th>true</th><th>predicted</th><th>count</th>"
+                         "<th>share of true class</th></tr>")
+            parts += [f"<tr><td>{e(r['true'])}</td><td>{e(r['predicted'])}</td><td>{r['count']}</td>"
+                      f"<td>{r['share_of_true']:.3f}</td></tr>" for r in pairs]
+            parts.append("</table>")
         if "confusion" in self.metrics:
             for norm in (False, True):
                 b64 = base64.b64encode(self._png(self.confusion_figure(norm))).decode()
@@ -287,6 +390,9 @@ class Evaluation:
         if self.history:
             b64 = base64.b64encode(self._png(self.history_figure())).decode()
             parts.append(f"<h2>Training curves</h2><img alt='training curves' src='data:image/png;base64,{b64}'>")
+        gallery = self._gallery_html()
+        if gallery:
+            parts.append(gallery)
         parts.append(f"<h2>Skipped files ({len(self.skipped)})</h2>")
         if self.skipped:
             parts.append("<table><tr><th>file</th><th>reason</th></tr>")
@@ -303,7 +409,8 @@ class Evaluation:
 
 def evaluate_probabilities(task: str, classes: list[str], targets: np.ndarray, P: np.ndarray,
                            items: list[str] | None = None, skipped=None, decision: Decision | None = None,
-                           title: str = "evaluation") -> Evaluation:
+                           title: str = "evaluation", sources: list | None = None,
+                           groups: list[str] | None = None) -> Evaluation:
     """Build an ``Evaluation`` from probabilities already computed (NaN rows = unreadable, dropped)."""
     ok = ~np.isnan(P).any(axis=1)
     if targets.ndim == 1:
@@ -314,7 +421,8 @@ def evaluate_probabilities(task: str, classes: list[str], targets: np.ndarray, P
     m = metrics(task, targets[ok], P[ok], classes, decision=decision)
     return Evaluation(task=task, classes=list(classes), metrics=m, items=[items[i] for i in np.flatnonzero(ok)],
                       targets=targets[ok], probabilities=P[ok], skipped=list(skipped or []), title=title,
-                      decision=decision)
+                      decision=decision, sources=[sources[i] for i in np.flatnonzero(ok)] if sources else None,
+                      groups=[groups[i] for i in np.flatnonzero(ok)] if groups else None)
 
 
 def evaluate(model, data: ImageDataset, title: str | None = None) -> Evaluation:
@@ -335,5 +443,6 @@ def evaluate(model, data: ImageDataset, title: str | None = None) -> Evaluation:
     P = model.predict_proba(data)
     return evaluate_probabilities(model.task_, model.classes_, targets, P,
                                   items=[data.relpath(i) for i in range(len(data))], skipped=model.errors_,
-                                  decision=getattr(model, "decision_", None),
+                                  decision=getattr(model, "decision_", None), sources=list(data.sources),
+                                  groups=data.groups,
                                   title=title or f"{model.method} on {data.name}")
