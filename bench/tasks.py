@@ -116,7 +116,7 @@ def bench_miml(args) -> dict:
 # ----------------------------------------------------------------------------- hierarchical
 def _hier_rows(data, method, args, split_kw, label, taxonomy=None):
     rows = []
-    for strategy in ("flat", "local"):
+    for strategy in args.strategies.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             model, wall = _train(data, method, args, run, hierarchy=strategy, min_confidence=0.5,
@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--unfreeze", type=int, default=None)
     ap.add_argument("--img-size", type=int, default=None)
+    ap.add_argument("--strategies", default="flat,local", help="hierarchical strategies to run")
     args = ap.parse_args()
     t0 = time.perf_counter()
     res = BENCHES[args.name](args)
