@@ -385,3 +385,16 @@ def test_fingerprint_tracks_labels(colour_folder):
     assert a.fingerprint() == b.fingerprint()
     b.targets = np.roll(b.targets, 1)
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_symlinked_class_folders_are_followed_once(tmp_path):
+    from conftest import write_colour_dataset
+
+    src = write_colour_dataset(tmp_path / "src", n_per_class=3, size=8)
+    data = tmp_path / "data"
+    data.mkdir()
+    for c in ("red", "blue"):
+        (data / c).symlink_to(src / c, target_is_directory=True)
+    (src / "red" / "loop").symlink_to(src / "red", target_is_directory=True)  # a cycle must not hang
+    ds = load_dataset(data)
+    assert ds.classes == ["blue", "red"] and len(ds) == 6

@@ -26,10 +26,17 @@ def _hidden(name: str) -> bool:
 
 
 def find_images(root: str | os.PathLike) -> list[str]:
-    """Image files under ``root``, recursively, sorted; hidden files and folders are skipped."""
+    """Image files under ``root``, recursively, sorted; hidden files and folders are skipped.
+    Symlinked folders are followed (each real folder once, so link cycles end)."""
     root = os.fspath(root)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         found.extend(os.path.join(dirpath, f) for f in filenames if not _hidden(f) and is_image_file(f))
     return sorted(found)
