@@ -142,3 +142,33 @@ def test_multilabel_pipeline(tmp_path, make_colour_dataset):
     assert ((P >= 0) & (P <= 1)).all()
     pred = (P >= 0.5).astype(int)
     assert (pred == ds.targets).mean() > 0.9
+
+
+@pytest.mark.parametrize("mode,views", [("flip", 2), ("flip+crops", 10)])
+def test_tta_averages_over_views(split_colours, mode, views, monkeypatch):
+    import imgclass
+    from imgclass.models.tta import predict_proba_tta
+
+    _, train, val = split_colours
+    model = build_model("pixels+logreg", n_jobs=1).fit(train)
+    sizes = []
+    real = model.predict_proba
+
+    def spy(X):
+        sizes.append(len(X))
+        return real(X)
+
+    monkeypatch.setattr(model, "predict_proba", spy)
+    srcs = list(val.sources[:3])
+    P = predict_proba_tta(model, srcs + ["/no/such.png"], mode)
+    assert sizes == [3 * views]
+    assert np.isnan(P[3]).all() and model.errors_ and model.errors_[0][0] == "/no/such.png"
+    assert np.allclose(P[:3].sum(1), 1) and (P[:3].argmax(1) == real(srcs).argmax(1)).all()
+    from PIL import Image, ImageOps
+
+    im = Image.open(srcs[0]).convert("RGB")
+    if mode == "flip":  # exactly the mean of the image and its mirror
+        expect = (real([im]) + real([ImageOps.mirror(im)])) / 2
+        np.testing.assert_allclose(P[:1], expect, atol=1e-6)
+    with pytest.raises(imgclass.ConfigError, match="--tta"):
+        predict_proba_tta(model, srcs, "spin")

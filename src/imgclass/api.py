@@ -189,25 +189,35 @@ def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = Non
     return model
 
 
-def predict_proba(model, images: Sequence[ImageSource] | ImageDataset, max_pixels: int | None = None) -> np.ndarray:
-    """Class probabilities, one row per image (NaN rows for unreadable images)."""
-    return resolve_model(model, max_pixels).predict_proba(images)
+def predict_proba(model, images: Sequence[ImageSource] | ImageDataset, max_pixels: int | None = None,
+                  tta: str | None = None) -> np.ndarray:
+    """Class probabilities, one row per image (NaN rows for unreadable images); ``tta`` (``flip`` or
+    ``flip+crops``) averages them over views of each image."""
+    from .models.tta import predict_proba_tta
+
+    m = resolve_model(model, max_pixels)
+    sources = list(images.sources) if isinstance(images, ImageDataset) else list(images)
+    return predict_proba_tta(m, sources, tta)
 
 
-def predict(model, images: Sequence[ImageSource] | ImageDataset, top_k: int = 1, max_pixels: int | None = None):
+def predict(model, images: Sequence[ImageSource] | ImageDataset, top_k: int = 1, max_pixels: int | None = None,
+            tta: str | None = None):
     """A ``Prediction`` per image (decided label(s) with probability, top-k classes, hierarchical path);
-    ``None`` for unreadable images."""
-    return resolve_model(model, max_pixels).predict(images, top_k=top_k)
+    ``None`` for unreadable images. ``tta`` as in ``predict_proba``."""
+    from .models import predictions
+
+    m = resolve_model(model, max_pixels)
+    return predictions(m, predict_proba(m, images, tta=tta), top_k)
 
 
 def evaluate(model, data: ImageDataset | str | os.PathLike, out: str | os.PathLike | None = None,
              task: str | None = None, max_pixels: int | None = None, n_jobs: int | None = None,
-             group_by: str | None = None) -> Evaluation:
+             group_by: str | None = None, tta: str | None = None) -> Evaluation:
     """Evaluate a model (object or bundle path) on labelled data; with ``out`` write the report files.
     ``group_by`` names a CSV/JSONL column whose values define slices, reported separately."""
     model = resolve_model(model, max_pixels, n_jobs)
     ds = _as_dataset(data, task, group_by=group_by) if group_by else _as_dataset(data, task)
-    ev = _evaluate(model, ds)
+    ev = _evaluate(model, ds, tta=tta)
     if out is not None:
         ev.write(out)
     return ev

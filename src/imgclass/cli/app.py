@@ -184,11 +184,12 @@ def evaluate(
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
     group_by: Annotated[str | None, typer.Option(help="CSV/JSONL column whose values are slices (e.g. site, camera, skin tone); metrics per slice, worst first.")] = None,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or flip+crops (10 views).")] = "none",
 ):
     """Score a trained model on labelled data: accuracy, balanced accuracy, P/R/F1, top-k, confusion matrix."""
     from .. import api
 
-    ev = api.evaluate(model, data, out=out, task=task, max_pixels=max_pixels, n_jobs=jobs, group_by=group_by)
+    ev = api.evaluate(model, data, out=out, task=task, max_pixels=max_pixels, n_jobs=jobs, group_by=group_by, tta=tta)
     _warn_skipped(ev.skipped)
     if json_out:
         _print_json(ev.to_dict())
@@ -214,12 +215,13 @@ def predict(
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list: per image, the decided label(s), the top-k and (hierarchical) the path.")] = False,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or flip+crops (10 views).")] = "none",
 ):
     """Classify images with a trained model: one line per image with the decision and the top-k classes."""
     from .. import api
     m = api.resolve_model(model, max_pixels=max_pixels, n_jobs=jobs)
     ds = api.images_dataset(images)
-    results = m.predict(ds.sources, top_k=top_k)
+    results = api.predict(m, ds.sources, top_k=top_k, tta=tta)
     errors = dict(m.errors_)
     if json_out:
         _print_json([{"path": p, **(r.to_dict() if r is not None else {"label": None, "error": errors.get(p, "unreadable")})}

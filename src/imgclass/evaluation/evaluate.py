@@ -425,8 +425,9 @@ def evaluate_probabilities(task: str, classes: list[str], targets: np.ndarray, P
                       groups=[groups[i] for i in np.flatnonzero(ok)] if groups else None)
 
 
-def evaluate(model, data: ImageDataset, title: str | None = None) -> Evaluation:
-    """Score ``model`` on the labelled dataset ``data``; unreadable images are skipped and listed."""
+def evaluate(model, data: ImageDataset, title: str | None = None, tta: str | None = None) -> Evaluation:
+    """Score ``model`` on the labelled dataset ``data``; unreadable images are skipped and listed.
+    ``tta``: ``flip`` or ``flip+crops`` averages the probabilities over views of each image."""
     if not data.is_labelled:
         raise DataError(f"{data.name}: has no labels; evaluation needs a labelled folder, CSV or JSONL")
     missing = [c for c in data.classes if c not in model.classes_]
@@ -440,9 +441,11 @@ def evaluate(model, data: ImageDataset, title: str | None = None) -> Evaluation:
         targets[:, pos] = data.targets
     else:
         targets = np.where(data.targets >= 0, pos[np.maximum(data.targets, 0)], -1)
-    P = model.predict_proba(data)
+    from ..models.tta import predict_proba_tta
+
+    P = predict_proba_tta(model, list(data.sources), tta) if tta not in (None, "none") else model.predict_proba(data)
     return evaluate_probabilities(model.task_, model.classes_, targets, P,
                                   items=[data.relpath(i) for i in range(len(data))], skipped=model.errors_,
                                   decision=getattr(model, "decision_", None), sources=list(data.sources),
                                   groups=data.groups,
-                                  title=title or f"{model.method} on {data.name}")
+                                  title=title or f"{model.method} on {data.name}" + (f" (TTA {tta})" if tta not in (None, "none") else ""))
