@@ -121,6 +121,9 @@ def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **k
                          resume=resume, on_epoch=on_epoch, **kw)
     model.run_dir = run.path if run else None
     if run is not None:
+        # the bundle first: whatever happens while reporting, the trained model is kept
+        model.save(run.model_dir, metrics=model.meta_.get("metrics", {}), data_fingerprint=ds.fingerprint())
+        run.log(f"saved bundle to {run.model_dir}")
         if P is not None and not np.isnan(P).all():
             from .evaluation import evaluate_probabilities
 
@@ -136,8 +139,6 @@ def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **k
         run.log_metrics({"split": "train", "final": True, "n": len(train_ds),
                          "skipped": len(model.meta_.get("train_skipped", [])),
                          **{k: round(v, 3) for k, v in model.timings_.items()}})
-        model.save(run.model_dir, metrics=model.meta_.get("metrics", {}), data_fingerprint=ds.fingerprint())
-        run.log(f"saved bundle to {run.model_dir}")
     return model
 
 
