@@ -6,7 +6,7 @@ The public API is imported lazily so ``import imgclass`` (and the CLI's ``--help
 >>> ds = imgclass.load_dataset("photos/")                       # doctest: +SKIP
 >>> train, val = ds.split(val=0.2, seed=0)                      # doctest: +SKIP
 >>> model = imgclass.train(train, method="hog+svm", val=val)    # doctest: +SKIP
->>> model.predict(["cat.jpg"], top_k=3)                         # doctest: +SKIP
+>>> model.predict(["cat.jpg"], top_k=3)[0].label                # doctest: +SKIP
 """
 
 from __future__ import annotations
