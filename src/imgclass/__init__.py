@@ -23,6 +23,7 @@ _API = {
     "predict_proba": "imgclass.api",
     "compare": "imgclass.api",
     "cv": "imgclass.api",
+    "robustness": "imgclass.api",
     "load_model": "imgclass.models",
     "FeaturePipeline": "imgclass.models",
     "Preprocess": "imgclass.transforms",

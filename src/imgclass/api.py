@@ -18,7 +18,7 @@ from .models import load_model
 from .training import RunDir, check_task_options, fit_model
 from .transforms import Preprocess
 
-__all__ = ["compare", "cv", "evaluate", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
+__all__ = ["compare", "cv", "evaluate", "robustness", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
            "train"]
 
 
@@ -266,6 +266,21 @@ def cv(data: ImageDataset | str | os.PathLike, method: str, *, folds: int = 5, r
     return cross_validate(ds, method, folds=folds, repeats=repeats, seed=seed, out=out, log=log, n_jobs=n_jobs,
                           preprocess=_as_preprocess(preprocess), train_config=train_config, img_size=img_size,
                           pretrained=pretrained, hierarchy=hierarchy, balance=balance)
+
+
+def robustness(model, data: ImageDataset | str | os.PathLike, *, corruptions: Sequence[str] | None = None,
+               severities: Sequence[int] = (1, 2, 3, 4, 5), max_images: int | None = None, seed: int = 0,
+               out: str | os.PathLike | None = None, task: str | None = None, n_jobs: int | None = None):
+    """Accuracy under ImageNet-C-style corruptions (``RobustnessResult``); with ``out`` writes
+    ``robustness.json`` and the accuracy-vs-severity plot ``robustness.png``."""
+    from .evaluation import robustness as _robustness
+
+    m = resolve_model(model, n_jobs=n_jobs)
+    res = _robustness(m, _as_dataset(data, task), corruptions=corruptions, severities=severities,
+                      max_images=max_images, seed=seed)
+    if out is not None:
+        res.write(out, title=f"{m.method}")
+    return res
 
 
 def images_dataset(paths: Sequence[str | os.PathLike]) -> ImageDataset:

@@ -251,6 +251,49 @@ def _prediction_line(r, task: str, top_k: int) -> str:
     return r.text() + "   | top: " + ", ".join(f"{lab} {pr * 100:.1f}%" for lab, pr in r.top)
 
 
+# --------------------------------------------------------------------------- robustness
+@app.command(epilog="Example: imgclass robustness runs/photos/model test_photos/ --out runs/photos/robustness")
+def robustness(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model bundle folder (runs/NAME/model).")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="Labelled folder, CSV or JSONL.")],
+    corruptions: Annotated[str | None, typer.Option(help="Comma-separated subset (default: all 9).")] = None,
+    severities: Annotated[str, typer.Option(help="Comma-separated severities, 1 to 5.")] = "1,2,3,4,5",
+    max_images: Annotated[int | None, typer.Option(help="Use a seeded sample of at most this many images.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write robustness.json and robustness.png here.")] = None,
+    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+):
+    """Accuracy under ImageNet-C-style corruptions (noise, blur, JPEG, pixelate, brightness, contrast, haze)."""
+    from .. import api
+    from ..errors import ConfigError
+
+    try:
+        sev = [int(v) for v in severities.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--severities {severities!r}: give numbers 1 to 5 separated by commas") from None
+    if not sev or any(v not in (1, 2, 3, 4, 5) for v in sev):
+        raise ConfigError(f"--severities {severities!r}: give numbers 1 to 5 separated by commas")
+    res = api.robustness(model, data, corruptions=corruptions.split(",") if corruptions else None, severities=sev,
+                         max_images=max_images, out=out, n_jobs=jobs)
+    if json_out:
+        _print_json(res.to_dict())
+        return
+    from rich.table import Table
+
+    t = Table(title=f"accuracy under corruption ({res.n} images; clean {res.clean_accuracy:.4f})", title_justify="left")
+    t.add_column("corruption")
+    for v in res.severities:
+        t.add_column(f"s{v}", justify="right")
+    t.add_column("mean", justify="right")
+    for name, accs in res.table.items():
+        t.add_row(name, *[f"{a:.3f}" for a in accs], f"{sum(accs) / len(accs):.3f}")
+    con = _console()
+    con.print(t)
+    con.print(f"mean corruption accuracy {res.mean_corruption_accuracy:.4f} = {res.relative:.3f} of clean")
+    if out is not None:
+        con.print(f"plot: {Path(out) / 'robustness.png'}")
+
+
 # --------------------------------------------------------------------------- cv
 @app.command(epilog="Example: imgclass cv photos/ --method hog+svm --folds 5 --out runs/photos-cv")
 def cv(

@@ -1,0 +1,65 @@
+"""Corruptions (ImageNet-C style) and the robustness evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import write_colour_dataset
+
+import imgclass
+from imgclass.errors import ConfigError
+from imgclass.transforms.corruptions import CORRUPTIONS, corrupt
+
+
+@pytest.fixture(scope="module")
+def photo():
+    import skimage.data
+
+    return np.asarray(skimage.data.chelsea())[::4, ::4].copy()  # 75 x 113 RGB
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_is_reproducible_and_grows_with_severity(photo, name):
+    out = [corrupt(photo, name, s, seed=3) for s in (1, 3, 5)]
+    for o in out:
+        assert o.shape == photo.shape and o.dtype == np.uint8
+    np.testing.assert_array_equal(out[0], corrupt(photo, name, 1, seed=3))
+    err = [np.abs(o.astype(float) - photo).mean() for o in out]
+    assert err[0] > 0.5 and err[0] <= err[1] <= err[2] + 1e-6, err
+
+
+def test_bad_corruption_or_severity():
+    img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ConfigError, match="unknown corruption"):
+        corrupt(img, "rain", 1)
+    with pytest.raises(ConfigError, match="severity"):
+        corrupt(img, "jpeg", 6)
+
+
+def test_robustness_table_plot_and_relative_score(tmp_path):
+    data = write_colour_dataset(tmp_path / "d", n_per_class=10, size=24)
+    model = imgclass.train(data, method="color_hist+logreg", n_jobs=1)
+    res = imgclass.robustness(model, data, corruptions=["contrast", "gaussian_noise"], severities=(1, 5),
+                                  out=tmp_path / "rob")
+    assert res.n == 30 and res.clean_accuracy == 1.0
+    assert set(res.table) == {"contrast", "gaussian_noise"} and all(len(v) == 2 for v in res.table.values())
+    assert res.table["contrast"][1] <= res.table["contrast"][0]  # severity 5 hurts at least as much
+    assert res.mean_corruption_accuracy == pytest.approx(np.mean([a for v in res.table.values() for a in v]))
+    assert res.relative == pytest.approx(res.mean_corruption_accuracy)
+    doc = json.loads((tmp_path / "rob" / "robustness.json").read_text())
+    assert doc["accuracy"]["contrast"] == res.table["contrast"]
+    assert (tmp_path / "rob" / "robustness.png").stat().st_size > 1000
+
+
+def test_robustness_cli(tmp_path, capsys):
+    from imgclass.cli import main
+
+    data = write_colour_dataset(tmp_path / "d", n_per_class=6, size=16)
+    imgclass.train(data, method="color_hist+logreg", out=tmp_path / "run", n_jobs=1)
+    assert main(["robustness", str(tmp_path / "run" / "model"), str(data), "--corruptions", "jpeg",
+                 "--severities", "1,5"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "jpeg" in out and "of clean" in out
+    assert main(["robustness", str(tmp_path / "run" / "model"), str(data), "--severities", "9"]) == 2
