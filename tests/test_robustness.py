@@ -63,3 +63,21 @@ def test_robustness_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "jpeg" in out and "of clean" in out
     assert main(["robustness", str(tmp_path / "run" / "model"), str(data), "--severities", "9"]) == 2
+
+
+def test_corruption_augmentation_changes_half_the_batch_and_trains(tmp_path):
+    import torch
+
+    from imgclass.training.engine import BatchAugment
+
+    x = torch.full((16, 3, 24, 24), 128, dtype=torch.uint8)
+    x[:, 0] = 200
+    aug = BatchAugment("corruptions", torch.Generator().manual_seed(0))
+    out = aug(x)
+    assert out.shape == x.shape
+    std = out.float().std(dim=(1, 2, 3))
+    assert (std > 25).sum() >= 3  # some images got noise/blur/haze beyond brightness/contrast jitter
+    data = write_colour_dataset(tmp_path / "d", n_per_class=8, size=24)
+    model = imgclass.train(data, method="smallcnn", img_size=24, n_jobs=1,
+                           train_config={"epochs": 1, "batch_size": 8, "augment": "corruptions"})
+    assert model.train_config["augment"] == "corruptions" and len(model.history_) == 1

@@ -123,8 +123,14 @@ class BatchAugment:
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         if self.preset == "light":
             return x.float()
+        if self.preset == "corruptions":  # ImageNet-C-style corruptions on half of the images (numpy)
+            from ..transforms import RandomCorruption
+
+            rc = RandomCorruption(seed=int(torch.randint(0, 2**31, (1,), generator=self.g)))
+            x = torch.from_numpy(np.stack([rc.apply_array(im) for im in x.permute(0, 2, 3, 1).numpy()])
+                                 ).permute(0, 3, 1, 2)
         # translate by up to 1/8 of the side with reflection padding (random crop after padding)
-        pad = max(1, h // 8) if self.preset == "standard" else max(1, h // 6)
+        pad = max(1, h // 8) if self.preset in ("standard", "corruptions") else max(1, h // 6)
         xp = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
         dx = torch.randint(0, 2 * pad + 1, (b,), generator=self.g)
         dy = torch.randint(0, 2 * pad + 1, (b,), generator=self.g)
@@ -132,7 +138,7 @@ class BatchAugment:
         cols = (dx[:, None] + torch.arange(w)[None, :])  # (b, w)
         idx_b = torch.arange(b)[:, None, None]
         out = xp.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-        strength = 0.2 if self.preset == "standard" else 0.4
+        strength = 0.4 if self.preset == "strong" else 0.2
         bright = 1 + (torch.rand(b, 1, 1, 1, generator=self.g) * 2 - 1) * strength
         contrast = 1 + (torch.rand(b, 1, 1, 1, generator=self.g) * 2 - 1) * strength
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
@@ -274,7 +280,7 @@ class Trainer:
         self._build_optimizer("head" if pretrained and cfg.head_epochs > 0 else "all")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.split = None  # (trunk, tail) when the frozen trunk's activations are cached
-        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen:
+        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen and cfg.augment != "corruptions":
             from .frozen import split_network
 
             self.split = split_network(self.model, cfg.unfreeze)

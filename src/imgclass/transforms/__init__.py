@@ -23,7 +23,7 @@ from ..errors import ConfigError
 RESIZE_MODES = ("squash", "pad", "crop")
 DENOISE = ("none", "gaussian", "median", "wiener")
 EQUALIZE = ("none", "hist", "clahe")
-AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+AUGMENT_PRESETS = ("none", "light", "standard", "strong", "corruptions")
 _INTERP = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
@@ -193,6 +193,8 @@ def augmentation(preset: str, size: tuple[int, int] | None = None) -> list:
     - ``standard``: flip, ±10° rotation, zoom/crop (scale 0.8–1), brightness/contrast/saturation 0.2.
     - ``strong``: flip, ±20° rotation, zoom/crop (scale 0.5–1), colour jitter 0.4 + hue, random
       grayscale, and TrivialAugmentWide.
+    - ``corruptions``: ``standard`` plus, for half of the images, one ImageNet-C-style corruption
+      (``transforms.corruptions``) at severity 1-3, for robustness to noise, blur, compression and haze.
     """
     if preset not in AUGMENT_PRESETS:
         raise ConfigError(f"--augment {preset!r}: choose one of {', '.join(AUGMENT_PRESETS)}")
@@ -211,7 +213,28 @@ def augmentation(preset: str, size: tuple[int, int] | None = None) -> list:
                               saturation=0.4 if strong else 0.2, hue=0.05 if strong else 0.0))
     if strong:
         ops += [v2.RandomGrayscale(p=0.1), v2.TrivialAugmentWide()]
+    if preset == "corruptions":
+        ops.append(RandomCorruption())
     return ops
+
+
+class RandomCorruption:
+    """With probability ``p``, one random corruption at a random severity up to ``max_severity``."""
+
+    def __init__(self, p: float = 0.5, max_severity: int = 3, seed: int | None = None):
+        self.p, self.max_severity = p, max_severity
+        self.rng = np.random.default_rng(seed)
+
+    def apply_array(self, arr: np.ndarray) -> np.ndarray:
+        from .corruptions import CORRUPTIONS, corrupt
+
+        if self.rng.random() >= self.p:
+            return arr
+        name = list(CORRUPTIONS)[int(self.rng.integers(len(CORRUPTIONS)))]
+        return corrupt(arr, name, int(self.rng.integers(1, self.max_severity + 1)), seed=int(self.rng.integers(2**31)))
+
+    def __call__(self, img):
+        return Image.fromarray(self.apply_array(np.asarray(img.convert("RGB"))))
 
 
 def build_augment(preset: str, size: int | tuple[int, int] | None = None):
@@ -222,5 +245,5 @@ def build_augment(preset: str, size: int | tuple[int, int] | None = None):
     return v2.Compose(ops) if ops else (lambda img: img)
 
 
-__all__ = ["AUGMENT_PRESETS", "Denoise", "Equalize", "Grayscale", "Preprocess", "Resize", "augmentation",
+__all__ = ["AUGMENT_PRESETS", "Denoise", "Equalize", "Grayscale", "Preprocess", "RandomCorruption", "Resize", "augmentation",
            "build_augment"]
