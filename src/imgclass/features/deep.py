@@ -46,8 +46,9 @@ def _weights_id(backbone: str, pretrained: str | None) -> str:
     return f"file-{h.hexdigest()[:16]}-{st.st_size}"
 
 
-def export_onnx(model, size: int, path: str | os.PathLike) -> Path:
-    """Export ``model`` (input ``image``: N x 3 x size x size, dynamic batch) to ONNX, atomically."""
+def export_onnx(model, size: int | tuple[int, int], path: str | os.PathLike | None = None) -> Path | bytes:
+    """Export ``model`` (input ``image``: N x 3 x H x W, dynamic batch) to ONNX: written atomically to
+    ``path``, or returned as bytes when ``path`` is ``None``."""
     import io
     import warnings
 
@@ -55,12 +56,15 @@ def export_onnx(model, size: int, path: str | os.PathLike) -> Path:
 
     from .._util import atomic_write_bytes
 
+    h, w = (size, size) if isinstance(size, int) else size
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model.eval(), torch.zeros(1, 3, size, size), buf, dynamo=False, input_names=["image"],
+        torch.onnx.export(model.eval(), torch.zeros(1, 3, h, w), buf, dynamo=False, input_names=["image"],
                           output_names=["output"], opset_version=17,
                           dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
+    if path is None:
+        return buf.getvalue()
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 

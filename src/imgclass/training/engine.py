@@ -434,11 +434,12 @@ class Trainer:
         torch = self.torch
         cache = self._activations("val")
         tail = self.split[1]
-        ema = self.ema
-        if ema is not None:  # the EMA copy has its own parameters: split it the same way
-            from .frozen import split_network
+        if self.ema is not None:  # the EMA copy has its own parameters: split it the same way, once
+            if "ema_tail" not in self._cache:
+                from .frozen import split_network
 
-            tail = split_network(ema.model, self.cfg.unfreeze)[1]
+                self._cache["ema_tail"] = split_network(self.ema.model, self.cfg.unfreeze)[1]
+            tail = self._cache["ema_tail"]
         tail.model.eval()
         outs = []
         with torch.no_grad():

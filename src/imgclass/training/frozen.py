@@ -111,30 +111,24 @@ class ActivationCache:
     def compute(cls, trunk, x, mean, std, description: str = "cache frozen blocks",
                 batch_size: int = 64) -> ActivationCache:
         """Run ``trunk`` over ``x`` (uint8 ``(n, 3, h, w)``) with ONNX Runtime (~2.5x torch eager here)."""
-        import io
         import os
-        import warnings
 
         import onnxruntime as ort
         import torch
 
-        h, w = x.shape[2:]
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(trunk.eval(), torch.zeros(1, 3, h, w), buf, dynamo=False, input_names=["x"],
-                              output_names=["y"], opset_version=17, dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        from ..features.deep import export_onnx
+
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "0")) or torch.get_num_threads()
-        sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(export_onnx(trunk, tuple(x.shape[2:])), so, providers=["CPUExecutionProvider"])
         m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255
         s = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255
         plain, mirrored = [], []
         with progress_bar(2 * len(x), description) as bar:
             for i in range(0, len(x), batch_size):
                 a = (x[i:i + batch_size].numpy().astype(np.float32) - m) / s
-                plain.append(torch.from_numpy(sess.run(None, {"x": a})[0]).half())
-                mirrored.append(torch.from_numpy(sess.run(None, {"x": np.ascontiguousarray(a[..., ::-1])})[0]).half())
+                plain.append(torch.from_numpy(sess.run(None, {"image": a})[0]).half())
+                mirrored.append(torch.from_numpy(sess.run(None, {"image": np.ascontiguousarray(a[..., ::-1])})[0]).half())
                 bar.advance(2 * len(a))
         if not plain:
             return cls(torch.zeros(0), torch.zeros(0))
