@@ -271,8 +271,6 @@ def robustness(
         sev = [int(v) for v in severities.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--severities {severities!r}: give numbers 1 to 5 separated by commas") from None
-    if not sev or any(v not in (1, 2, 3, 4, 5) for v in sev):
-        raise ConfigError(f"--severities {severities!r}: give numbers 1 to 5 separated by commas")
     res = api.robustness(model, data, corruptions=corruptions.split(",") if corruptions else None, severities=sev,
                          max_images=max_images, out=out, n_jobs=jobs)
     if json_out:

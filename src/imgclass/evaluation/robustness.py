@@ -86,6 +86,10 @@ def robustness(model, data: ImageDataset, corruptions: Sequence[str] | None = No
 
     if not data.is_labelled or data.targets.ndim != 1:
         raise DataError(f"{data.name}: robustness needs single-label data with labels")
+    from ..transforms.corruptions import SEVERITIES
+
+    if not severities or any(v not in SEVERITIES for v in severities):
+        raise ConfigError(f"--severities {','.join(map(str, severities))}: give numbers 1 to 5")
     names = list(corruptions or CORRUPTIONS)
     bad = [c for c in names if c not in CORRUPTIONS]
     if bad:
