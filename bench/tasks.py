@@ -34,7 +34,8 @@ def _log(msg: str) -> None:
 
 
 def _deep_config(args) -> dict:
-    cfg = {"epochs": args.epochs, "unfreeze": args.unfreeze, "batch_size": 64, "lr": 2e-3}
+    cfg = {"epochs": args.epochs, "unfreeze": args.unfreeze, "batch_size": 64, "lr": 2e-3,
+           "hflip": False if args.no_hflip else None}
     return {k: v for k, v in cfg.items() if v is not None}
 
 
@@ -200,13 +201,15 @@ def main() -> None:
     ap.add_argument("--unfreeze", type=int, default=None)
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--strategies", default="flat,local", help="hierarchical strategies to run")
+    ap.add_argument("--no-hflip", action="store_true", help="no flip augmentation / TTA (handwriting)")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args()
     t0 = time.perf_counter()
     res = BENCHES[args.name](args)
     res["command"] = "python bench/tasks.py " + " ".join(sys.argv[1:])
     res["total_s"] = time.perf_counter() - t0
     suffix = "_" + args.method.replace("+", "-").replace("@", "-") if args.method else ""
-    save(f"tasks_{args.name}{suffix}", res)
+    save(f"tasks_{args.name}{suffix}{'_' + args.tag if args.tag else ''}", res)
 
 
 if __name__ == "__main__":

@@ -248,3 +248,38 @@ def test_partial_fine_tune_trains_the_tail_on_cached_activations(tmp_path):
     again = imgclass.load_model(tmp_path / "run" / "model")
     files = sorted(str(p) for p in (tmp_path / "data").rglob("*.png"))[:6]
     np.testing.assert_allclose(again.predict_proba(files), model.predict_proba(files), atol=1e-5)
+
+
+def test_no_hflip_turns_off_flip_augmentation_cached_mirrors_and_flip_tta(tmp_path):
+    """--no-hflip (handwriting, text): batches are never mirrored, the activation cache holds no
+    mirror images, the bundle predicts without flip TTA and refuses --tta flip."""
+    from imgclass.errors import ConfigError
+    from imgclass.models.tta import predict_proba_tta
+    from imgclass.training.engine import BatchAugment
+    from imgclass.training.frozen import ActivationCache
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    aug = BatchAugment("light", torch.Generator().manual_seed(0), hflip=False)
+    for _ in range(5):
+        torch.testing.assert_close(aug(x), x.float())
+    flips = BatchAugment("light", torch.Generator().manual_seed(0))
+    assert any(not torch.equal(flips(x), x.float()) for _ in range(10))
+
+    trunk = torch.nn.Conv2d(3, 2, 1)
+    img = torch.randint(0, 255, (3, 3, 8, 8), dtype=torch.uint8)
+    one = ActivationCache.compute(trunk, img, (0.5,) * 3, (0.25,) * 3, mirrored=False)
+    two = ActivationCache.compute(trunk, img, (0.5,) * 3, (0.25,) * 3)
+    assert one.mirrored is None and two.nbytes == 2 * one.nbytes
+    torch.testing.assert_close(one.batch(torch.arange(3)), two.batch(torch.arange(3)))
+    with pytest.raises(ValueError):
+        one.batch(torch.arange(3), torch.ones(3, dtype=torch.bool))
+
+    data = write_colour_dataset(tmp_path / "data", n_per_class=6, size=16)
+    model = imgclass.train(data, method="smallcnn", img_size=16, out=tmp_path / "run",
+                           train_config={**FAST, "epochs": 1, "hflip": False})
+    again = imgclass.load_model(tmp_path / "run" / "model")
+    assert again.tta is False and again.train_config["hflip"] is False
+    files = sorted(str(p) for p in (tmp_path / "data").rglob("*.png"))[:2]
+    with pytest.raises(ConfigError, match="--no-hflip"):
+        predict_proba_tta(again, files, "flip")
+    assert model.tta is False

@@ -90,7 +90,12 @@ class DeepClassifier:
 
     @property
     def tta(self) -> bool:
-        return bool(self.train_config.get("tta", True))
+        return bool(self.train_config.get("tta", True)) and self.hflip
+
+    @property
+    def hflip(self) -> bool:
+        """False when trained with ``--no-hflip``: a mirrored image is another class."""
+        return bool(self.train_config.get("hflip", True))
 
     def _check_fitted(self):
         if self.model_ is None:

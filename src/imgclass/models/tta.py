@@ -42,6 +42,9 @@ def predict_proba_tta(model, sources: Sequence[ImageSource], mode: str | None) -
         return model.predict_proba(list(sources))
     if mode not in TTA_MODES:
         raise ConfigError(f"--tta {mode!r}: choose one of {', '.join(TTA_MODES)}")
+    if not getattr(model, "hflip", True):
+        raise ConfigError(f"--tta {mode}: this model was trained with --no-hflip (a mirrored image is another "
+                          "class); use --tta none")
     max_pixels = getattr(model, "max_pixels", DEFAULT_MAX_PIXELS)
     out = np.full((len(sources), len(model.classes_)), np.nan)
     errors: list[tuple[str, str]] = []

@@ -62,6 +62,7 @@ class TrainConfig:
     backbone_lr_scale: float = 0.1
     unfreeze: int | str | None = None  # train only the last N blocks (None or "all" = every block)
     cache_frozen: bool = True  # with unfreeze: run the frozen trunk once and cache its activations
+    hflip: bool = True  # horizontal flips in augmentation and TTA; off for text, digits, handwriting
     tta: bool = True
     threads: int | None = None
     seed: int = 0
@@ -82,6 +83,8 @@ class TrainConfig:
                 self.unfreeze = int(self.unfreeze)
             else:
                 raise ConfigError(f"--unfreeze {self.unfreeze!r}: give a number of blocks or 'all'")
+        if not self.hflip:  # a mirrored image is another class: no flip augmentation, no flip TTA
+            self.tta = False
         if self.unfreeze is not None and self.unfreeze < 0:
             raise ConfigError(f"--unfreeze {self.unfreeze}: give a number of blocks (0 = head only) or 'all'")
 
@@ -106,12 +109,12 @@ class TrainConfig:
 class BatchAugment:
     """Augmentation on a uint8 batch tensor ``(b, 3, h, w)``; presets mirror ``imgclass.transforms``."""
 
-    def __init__(self, preset: str, generator):
+    def __init__(self, preset: str, generator, hflip: bool = True):
         from ..transforms import AUGMENT_PRESETS
 
         if preset not in AUGMENT_PRESETS:
             raise ConfigError(f"--augment {preset!r}: choose one of {', '.join(AUGMENT_PRESETS)}")
-        self.preset, self.g = preset, generator
+        self.preset, self.g, self.hflip = preset, generator, hflip
 
     def __call__(self, x):
         import torch
@@ -119,8 +122,9 @@ class BatchAugment:
         if self.preset == "none":
             return x.float()
         b, _, h, w = x.shape
-        flip = torch.rand(b, generator=self.g) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.hflip:
+            flip = torch.rand(b, generator=self.g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
         if self.preset == "light":
             return x.float()
         if self.preset == "corruptions":  # ImageNet-C-style corruptions on half of the images (numpy)
@@ -258,7 +262,7 @@ class Trainer:
         self.best: float | None = None
         self.bad_epochs = 0
         self.g = torch.Generator().manual_seed(cfg.seed)
-        self.augment = BatchAugment(cfg.augment, self.g)
+        self.augment = BatchAugment(cfg.augment, self.g, cfg.hflip)
         n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
         if node_loss is not None:
             n_classes = node_loss.A.shape[1]
@@ -295,7 +299,8 @@ class Trainer:
             data = self.train if which == "train" else self.val
             t0 = time.perf_counter()
             self._cache[which] = ActivationCache.compute(self.split[0], data.x, self.mean[0, :, 0, 0] / 255,
-                                                         self.std[0, :, 0, 0] / 255, f"cache frozen blocks ({which})")
+                                                         self.std[0, :, 0, 0] / 255, f"cache frozen blocks ({which})",
+                                                         mirrored=self.cfg.hflip)
             self.log(f"cached frozen-block activations of {len(data.x)} {which} images "
                      f"({self._cache[which].nbytes / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
         return self._cache[which]
@@ -381,7 +386,7 @@ class Trainer:
                 continue
             if self.split is not None:
                 cache = self._activations("train")
-                flip = torch.rand(len(idx), generator=self.g) < 0.5 if cfg.augment != "none" else None
+                flip = torch.rand(len(idx), generator=self.g) < 0.5 if cfg.augment != "none" and cfg.hflip else None
                 x = cache.batch(idx, flip, self._shift, self.g)
                 net = self.split[1]
             else:

@@ -95,9 +95,10 @@ def _matches(model, trunk, tail) -> bool:
 
 
 class ActivationCache:
-    """Trunk activations of a uint8 image tensor, for the images and their mirror images (float16)."""
+    """Trunk activations of a uint8 image tensor, for the images and (unless flips are off) their
+    mirror images (float16)."""
 
-    def __init__(self, plain, mirrored):
+    def __init__(self, plain, mirrored=None):
         self.plain, self.mirrored = plain, mirrored
 
     def __len__(self) -> int:
@@ -105,12 +106,13 @@ class ActivationCache:
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.plain.numel() * self.plain.element_size()
+        return (1 if self.mirrored is None else 2) * self.plain.numel() * self.plain.element_size()
 
     @classmethod
     def compute(cls, trunk, x, mean, std, description: str = "cache frozen blocks",
-                batch_size: int = 64) -> ActivationCache:
-        """Run ``trunk`` over ``x`` (uint8 ``(n, 3, h, w)``) with ONNX Runtime (~2.5x torch eager here)."""
+                batch_size: int = 64, mirrored: bool = True) -> ActivationCache:
+        """Run ``trunk`` over ``x`` (uint8 ``(n, 3, h, w)``) with ONNX Runtime (~2.5x torch eager here);
+        ``mirrored``: also over the mirror images, for flip augmentation and flip TTA."""
         import os
 
         import onnxruntime as ort
@@ -123,22 +125,26 @@ class ActivationCache:
         sess = ort.InferenceSession(export_onnx(trunk, tuple(x.shape[2:])), so, providers=["CPUExecutionProvider"])
         m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255
         s = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255
-        plain, mirrored = [], []
-        with progress_bar(2 * len(x), description) as bar:
+        plain, mirror = [], []
+        views = 2 if mirrored else 1
+        with progress_bar(views * len(x), description) as bar:
             for i in range(0, len(x), batch_size):
                 a = (x[i:i + batch_size].numpy().astype(np.float32) - m) / s
                 plain.append(torch.from_numpy(sess.run(None, {"image": a})[0]).half())
-                mirrored.append(torch.from_numpy(sess.run(None, {"image": np.ascontiguousarray(a[..., ::-1])})[0]).half())
-                bar.advance(2 * len(a))
+                if mirrored:
+                    mirror.append(torch.from_numpy(sess.run(None, {"image": np.ascontiguousarray(a[..., ::-1])})[0]).half())
+                bar.advance(views * len(a))
         if not plain:
-            return cls(torch.zeros(0), torch.zeros(0))
-        return cls(torch.cat(plain), torch.cat(mirrored))
+            return cls(torch.zeros(0), torch.zeros(0) if mirrored else None)
+        return cls(torch.cat(plain), torch.cat(mirror) if mirrored else None)
 
     def batch(self, idx, flip=None, shift: int = 0, generator=None):
         """float32 activations for ``idx``; ``flip`` (bool per row) picks mirrored ones; ``shift``
         translates each row by up to ``shift`` cells (edge-replicating padding)."""
         import torch
 
+        if flip is not None and self.mirrored is None:
+            raise ValueError("these activations were cached without their mirror images")
         x = self.plain[idx] if flip is None else torch.where(flip[:, None, None, None], self.mirrored[idx],
                                                              self.plain[idx])
         x = x.float()
