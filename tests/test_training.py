@@ -283,3 +283,33 @@ def test_no_hflip_turns_off_flip_augmentation_cached_mirrors_and_flip_tta(tmp_pa
     with pytest.raises(ConfigError, match="--no-hflip"):
         predict_proba_tta(again, files, "flip")
     assert model.tta is False
+
+
+def test_corruption_augmentation_caches_one_corrupted_copy_per_image(tmp_path):
+    """--augment corruptions keeps the activation cache: each training image also gets one corrupted
+    copy through the frozen trunk, and batches draw it for about half of the rows."""
+    from imgclass.training.frozen import ActivationCache
+    from imgclass.transforms import RandomCorruption
+
+    trunk = torch.nn.Conv2d(3, 2, 1)
+    img = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    cache = ActivationCache.compute(trunk, img, (0.5,) * 3, (0.25,) * 3,
+                                    corrupt=RandomCorruption(p=1.0, seed=0).apply_array)
+    assert cache.corrupted.shape == cache.plain.shape and cache.nbytes == 3 * cache.plain.numel() * 2
+    assert not torch.equal(cache.corrupted, cache.plain)
+    idx = torch.arange(4)
+    torch.testing.assert_close(cache.batch(idx, corrupt=torch.ones(4, dtype=torch.bool)), cache.corrupted.float())
+    torch.testing.assert_close(cache.batch(idx, corrupt=torch.zeros(4, dtype=torch.bool)), cache.plain.float())
+
+    import timm
+    from safetensors.torch import save_file
+
+    net = timm.create_model("test_efficientnet", num_classes=0)
+    wfile = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(wfile))
+    data = write_colour_dataset(tmp_path / "data", n_per_class=6, size=32)
+    logs = []
+    imgclass.train(data, method="test_efficientnet", pretrained=str(wfile), img_size=32, out=tmp_path / "run",
+                   log=logs.append, train_config={**FAST, "epochs": 2, "unfreeze": 1, "augment": "corruptions"})
+    cached = [m for m in logs if "cached frozen-block activations" in m]
+    assert len(cached) == 2, logs

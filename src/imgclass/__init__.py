@@ -24,6 +24,7 @@ _API = {
     "compare": "imgclass.api",
     "cv": "imgclass.api",
     "robustness": "imgclass.api",
+    "explain": "imgclass.api",
     "load_model": "imgclass.models",
     "FeaturePipeline": "imgclass.models",
     "Preprocess": "imgclass.transforms",

@@ -283,6 +283,24 @@ def robustness(model, data: ImageDataset | str | os.PathLike, *, corruptions: Se
     return res
 
 
+def explain(model, image: ImageSource, target: str | Sequence[str] | None = None, method: str = "gradcam",
+            out: str | os.PathLike | None = None, max_pixels: int | None = None):
+    """Heatmaps (``Explanation`` list, one per target) of what made the model score ``target`` on
+    ``image``: ``gradcam``, ``gradcam++``, ``integrated-gradients`` (deep models) or ``occlusion``
+    (any model). By default the prediction is explained (each predicted label of a multi-label model).
+    With ``out``, each is written as a PNG: ``out`` itself, or ``<stem>-<target>.png`` for several."""
+    from .evaluation.explain import explain as _explain
+    from .evaluation.explain import output_paths
+
+    m = resolve_model(model, max_pixels)
+    exps = _explain(m, image, target=target, method=method, max_pixels=m.max_pixels or DEFAULT_MAX_PIXELS)
+    if out is not None:
+        for e, path in zip(exps, output_paths(out, exps)):
+            e.save(path)
+            e.path = str(path)
+    return exps
+
+
 def images_dataset(paths: Sequence[str | os.PathLike]) -> ImageDataset:
     """Unlabelled dataset of image files and folders (for ``predict``)."""
     return from_paths(paths)

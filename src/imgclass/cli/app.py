@@ -294,6 +294,34 @@ def robustness(
 
 
 # --------------------------------------------------------------------------- cv
+@app.command(epilog="Example: imgclass explain runs/photos/model cat.jpg --method gradcam --out cat-gradcam.png")
+def explain(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model bundle folder (runs/NAME/model).")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image to explain.")],
+    target: Annotated[list[str] | None, typer.Option(help="Class (or taxonomy node) to explain; repeat for several. Default: the prediction (each predicted label for multi-label models).")] = None,
+    method: Annotated[str, typer.Option(help="gradcam, gradcam++, integrated-gradients (deep models) or occlusion (any model).")] = "gradcam",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default IMAGE-STEM.METHOD.png here); with several targets, STEM-TARGET.png.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print target, probability, peak and file as JSON.")] = False,
+):
+    """Write a heatmap overlay of what the model looked at (Grad-CAM, Grad-CAM++, integrated gradients, occlusion)."""
+    from .. import api
+    from ..errors import DataError
+
+    if not image.is_file():
+        raise DataError(f"{image}: no such image file; give the path of one image")
+    out = out or Path(f"{image.stem}.{method.replace('+', 'p')}.png")
+    exps = api.explain(model, image, target=target or None, method=method, out=out, max_pixels=max_pixels)
+    if json_out:
+        _print_json([e.to_dict() for e in exps])
+        return
+    con = _console()
+    for e in exps:
+        r, c = e.peak
+        con.print(f"{e.target} {e.probability:.1%} · {e.method} · peak at row {r}, column {c} of "
+                  f"{e.heatmap.shape[0]}x{e.heatmap.shape[1]} → {e.path}")
+
+
 @app.command(epilog="Example: imgclass cv photos/ --method hog+svm --folds 5 --out runs/photos-cv")
 def cv(
     data: Annotated[str, typer.Argument(metavar="DATA", help="Labelled folder, CSV or JSONL.")],

@@ -284,7 +284,7 @@ class Trainer:
         self._build_optimizer("head" if pretrained and cfg.head_epochs > 0 else "all")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.split = None  # (trunk, tail) when the frozen trunk's activations are cached
-        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen and cfg.augment != "corruptions":
+        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen:
             from .frozen import split_network
 
             self.split = split_network(self.model, cfg.unfreeze)
@@ -298,9 +298,14 @@ class Trainer:
 
             data = self.train if which == "train" else self.val
             t0 = time.perf_counter()
+            corrupt = None
+            if which == "train" and self.cfg.augment == "corruptions":  # one corrupted copy per image, cached too
+                from ..transforms import RandomCorruption
+
+                corrupt = RandomCorruption(p=1.0, seed=self.cfg.seed).apply_array
             self._cache[which] = ActivationCache.compute(self.split[0], data.x, self.mean[0, :, 0, 0] / 255,
                                                          self.std[0, :, 0, 0] / 255, f"cache frozen blocks ({which})",
-                                                         mirrored=self.cfg.hflip)
+                                                         mirrored=self.cfg.hflip, corrupt=corrupt)
             self.log(f"cached frozen-block activations of {len(data.x)} {which} images "
                      f"({self._cache[which].nbytes / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
         return self._cache[which]
@@ -387,7 +392,8 @@ class Trainer:
             if self.split is not None:
                 cache = self._activations("train")
                 flip = torch.rand(len(idx), generator=self.g) < 0.5 if cfg.augment != "none" and cfg.hflip else None
-                x = cache.batch(idx, flip, self._shift, self.g)
+                corrupt = torch.rand(len(idx), generator=self.g) < 0.5 if cfg.augment == "corruptions" else None
+                x = cache.batch(idx, flip, self._shift, self.g, corrupt)
                 net = self.split[1]
             else:
                 x = self._normalize(self.augment(self.train.x[idx]))

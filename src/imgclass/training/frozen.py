@@ -4,7 +4,8 @@ When only the last ``N`` blocks of a pretrained network train (``--unfreeze N``)
 blocks compute the same function every epoch. They are also the expensive part on a CPU: for
 EfficientNet-Lite0 at 224 px the stem and first four stages run at high resolution and cost more
 than half of the forward pass, and all of the memory traffic. So the trunk runs **once** per image
-(and once per mirrored image, so horizontal flips stay exact) through ONNX Runtime, its output
+(and once per mirrored image, so horizontal flips stay exact, and with ``--augment corruptions`` once
+per corrupted copy of the image) through ONNX Runtime, its output
 activations are kept in memory as float16, and every epoch trains only the tail on them.
 Translations are applied to the cached maps (a shift of up to one cell, i.e. 1/14 of the image at
 14x14); colour jitter is not possible on cached activations.
@@ -95,24 +96,26 @@ def _matches(model, trunk, tail) -> bool:
 
 
 class ActivationCache:
-    """Trunk activations of a uint8 image tensor, for the images and (unless flips are off) their
-    mirror images (float16)."""
+    """Trunk activations of a uint8 image tensor (float16): for the images, their mirror images
+    (unless flips are off) and, for ``--augment corruptions``, one corrupted copy of each image."""
 
-    def __init__(self, plain, mirrored=None):
-        self.plain, self.mirrored = plain, mirrored
+    def __init__(self, plain, mirrored=None, corrupted=None):
+        self.plain, self.mirrored, self.corrupted = plain, mirrored, corrupted
 
     def __len__(self) -> int:
         return len(self.plain)
 
     @property
     def nbytes(self) -> int:
-        return (1 if self.mirrored is None else 2) * self.plain.numel() * self.plain.element_size()
+        views = 1 + (self.mirrored is not None) + (self.corrupted is not None)
+        return views * self.plain.numel() * self.plain.element_size()
 
     @classmethod
     def compute(cls, trunk, x, mean, std, description: str = "cache frozen blocks",
-                batch_size: int = 64, mirrored: bool = True) -> ActivationCache:
+                batch_size: int = 64, mirrored: bool = True, corrupt=None) -> ActivationCache:
         """Run ``trunk`` over ``x`` (uint8 ``(n, 3, h, w)``) with ONNX Runtime (~2.5x torch eager here);
-        ``mirrored``: also over the mirror images, for flip augmentation and flip TTA."""
+        ``mirrored``: also over the mirror images, for flip augmentation and flip TTA; ``corrupt``: a
+        function of a uint8 ``(h, w, 3)`` array, also run over each image's corrupted copy."""
         import os
 
         import onnxruntime as ort
@@ -125,28 +128,39 @@ class ActivationCache:
         sess = ort.InferenceSession(export_onnx(trunk, tuple(x.shape[2:])), so, providers=["CPUExecutionProvider"])
         m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255
         s = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255
-        plain, mirror = [], []
-        views = 2 if mirrored else 1
+        plain, mirror, corrupted = [], [], []
+        views = 1 + bool(mirrored) + (corrupt is not None)
         with progress_bar(views * len(x), description) as bar:
             for i in range(0, len(x), batch_size):
                 a = (x[i:i + batch_size].numpy().astype(np.float32) - m) / s
                 plain.append(torch.from_numpy(sess.run(None, {"image": a})[0]).half())
                 if mirrored:
                     mirror.append(torch.from_numpy(sess.run(None, {"image": np.ascontiguousarray(a[..., ::-1])})[0]).half())
+                if corrupt is not None:
+                    imgs = x[i:i + batch_size].permute(0, 2, 3, 1).numpy()
+                    c = np.stack([corrupt(im) for im in imgs]).transpose(0, 3, 1, 2).astype(np.float32)
+                    corrupted.append(torch.from_numpy(sess.run(None, {"image": (c - m) / s})[0]).half())
                 bar.advance(views * len(a))
         if not plain:
-            return cls(torch.zeros(0), torch.zeros(0) if mirrored else None)
-        return cls(torch.cat(plain), torch.cat(mirror) if mirrored else None)
+            empty = torch.zeros(0)
+            return cls(empty, empty if mirrored else None, empty if corrupt is not None else None)
+        return cls(torch.cat(plain), torch.cat(mirror) if mirrored else None,
+                   torch.cat(corrupted) if corrupt is not None else None)
 
-    def batch(self, idx, flip=None, shift: int = 0, generator=None):
-        """float32 activations for ``idx``; ``flip`` (bool per row) picks mirrored ones; ``shift``
-        translates each row by up to ``shift`` cells (edge-replicating padding)."""
+    def batch(self, idx, flip=None, shift: int = 0, generator=None, corrupt=None):
+        """float32 activations for ``idx``; ``flip`` (bool per row) picks mirrored ones, ``corrupt``
+        (bool per row) the corrupted copies; ``shift`` translates each row by up to ``shift`` cells
+        (edge-replicating padding)."""
         import torch
 
         if flip is not None and self.mirrored is None:
             raise ValueError("these activations were cached without their mirror images")
+        if corrupt is not None and self.corrupted is None:
+            raise ValueError("these activations were cached without corrupted copies")
         x = self.plain[idx] if flip is None else torch.where(flip[:, None, None, None], self.mirrored[idx],
                                                              self.plain[idx])
+        if corrupt is not None:
+            x = torch.where(corrupt[:, None, None, None], self.corrupted[idx], x)
         x = x.float()
         if shift > 0:
             b, _, h, w = x.shape
@@ -165,5 +179,5 @@ def cache_shift(preset: str, side: int) -> int:
     image for ``standard``, 1/6 for ``strong``, as the image-level presets)."""
     if preset in ("none", "light"):
         return 0
-    frac = 1 / 8 if preset == "standard" else 1 / 6
+    frac = 1 / 8 if preset in ("standard", "corruptions") else 1 / 6
     return max(1, math.floor(side * frac + 0.5)) if side >= 4 else 0
