@@ -299,8 +299,8 @@ def explain(model, image: ImageSource, target: str | Sequence[str] | None = None
         if not len(x):
             raise ConfigError(f"{source or 'image'}: cannot be read ({errors[0][1] if errors else 'unknown error'})")
         with torch.no_grad():
-            logits = model.model_.eval()(((x.float() - torch.tensor(model.preprocess.mean).view(1, 3, 1, 1) * 255)
-                                          / (torch.tensor(model.preprocess.std).view(1, 3, 1, 1) * 255)))
+            logits = model.model_.eval()((x.float() - torch.tensor(model.preprocess.mean).view(1, 3, 1, 1) * 255)
+                                          / (torch.tensor(model.preprocess.std).view(1, 3, 1, 1) * 255))
         P = model.proba_from_logits(logits.numpy())[0]
         view = x[0].permute(1, 2, 0).numpy().copy()
         run = lambda name: _explain_deep(model, x, name, method)  # noqa: E731
