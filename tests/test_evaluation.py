@@ -78,6 +78,25 @@ def test_multilabel_metrics():
     assert m["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
     assert {"macro_f1", "samples_f1", "mAP", "per_class"} <= set(m)
     assert "confusion" not in m
+    # per-label ROC/PR: x is perfectly ranked (AUC 1); y ranks its negative 0.4 above nothing: AUC 1 too
+    assert m["per_class"][0]["roc_auc"] == pytest.approx(1.0)
+    assert m["per_class"][0]["average_precision"] == pytest.approx(1.0)
+    assert m["macro_roc_auc"] == pytest.approx(1.0)
+    assert set(m["label_curves"]) == {"x", "y"} and m["label_curves"]["y"]["roc"]["fpr"][0] == 0.0
+    Y2 = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    p2 = np.array([[0.2, 0.9], [0.8, 0.1], [0.6, 0.2], [0.1, 0.7]])  # label x half wrong, y fully inverted
+    m2 = evaluate_probabilities("multilabel", ["x", "y"], Y2, p2).metrics
+    assert m2["per_class"][1]["roc_auc"] == pytest.approx(0.0)
+    assert m2["macro_roc_auc"] < 0.5
+
+
+def test_multilabel_report_has_per_label_curves(tmp_path):
+    Y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 3)
+    p = np.clip(Y * 0.6 + 0.2 + np.linspace(-0.1, 0.1, 12)[:, None], 0, 1)
+    out = evaluate_probabilities("multilabel", ["x", "y"], Y, p, title="ml").write(tmp_path / "ev")
+    assert out["roc_pr"].exists() and out["roc_pr"].stat().st_size > 5000
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "alt='ROC and PR curves'" in html and "<th>ROC AUC</th>" in html
 
 
 def test_evaluation_write(tmp_path):

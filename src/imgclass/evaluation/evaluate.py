@@ -166,13 +166,36 @@ class Evaluation:
         return fig
 
     def curves_figure(self):
-        """Binary: ROC and precision-recall curves of the positive class, with the tuned threshold marked."""
+        """Binary: ROC and precision-recall curves of the positive class, with the tuned threshold marked.
+        Multi-label: one ROC and one PR curve per label (the 12 most frequent labels when there are more)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         m = self.metrics
+        if "label_curves" in m:
+            rows = sorted(m["per_class"], key=lambda r: -r["support"])[:12]
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6))
+            for r in rows:
+                c = m["label_curves"][r["class"]]
+                line, = a1.plot(c["roc"]["fpr"], c["roc"]["tpr"], label=f"{r['class']} AUC {r['roc_auc']:.3f}")
+                a2.plot(c["pr"]["recall"], c["pr"]["precision"], color=line.get_color(),
+                        label=f"{r['class']} AP {r['average_precision']:.3f}")
+                a2.scatter([r["recall"]], [r["precision"]], color=line.get_color(), edgecolor="black", zorder=3)
+            a1.plot([0, 1], [0, 1], color="#bbb", ls="--")
+            a1.set(xlabel="false positive rate", ylabel="true positive rate",
+                   title=f"ROC per label (macro AUC {m['macro_roc_auc']:.3f})")
+            a2.set(xlabel="recall", ylabel="precision", title=f"precision-recall per label (mAP {m['mAP']:.3f}; "
+                                                                  "dots: tuned thresholds)")
+            for a in (a1, a2):
+                a.legend(loc="lower right" if a is a1 else "lower left", fontsize=7)
+                a.set_xlim(0, 1)
+                a.set_ylim(0, 1.02)
+            fig.suptitle(self.title + ("" if len(rows) == len(m["per_class"]) else
+                                       f" ({len(rows)} most frequent of {len(m['per_class'])} labels)"))
+            fig.tight_layout()
+            return fig
         c = m["curves"]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
         a1.plot(c["roc"]["fpr"], c["roc"]["tpr"], color="tab:blue", label=f"AUC {m['roc_auc']:.3f}")
@@ -288,7 +311,8 @@ class Evaluation:
         for name, present, fig in (("training_curves", bool(self.history), self.history_figure),
                                    ("reliability", self.probabilities is not None and len(self.probabilities) > 0,
                                     self.reliability_figure),
-                                   ("roc_pr", "curves" in self.metrics, self.curves_figure),
+                                   ("roc_pr", "curves" in self.metrics or "label_curves" in self.metrics,
+                                    self.curves_figure),
                                    ("fallback", "hierarchy" in self.metrics, self.fallback_figure)):
             if present:
                 plots = folder / "plots"
@@ -339,11 +363,15 @@ class Evaluation:
             if isinstance(v, (int, float)):
                 parts.append(f"<tr><td>{e(k)}</td><td>{v:.4f}</td></tr>" if isinstance(v, float)
                              else f"<tr><td>{e(k)}</td><td>{v}</td></tr>")
+        per_label = any("roc_auc" in row for row in self.metrics.get("per_class", []))  # multi-label extras
         parts.append("</table><h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
-                     "<th>F1</th><th>support</th></tr>")
+                     "<th>F1</th><th>support</th>"
+                     + ("<th>threshold</th><th>ROC AUC</th><th>AP</th>" if per_label else "") + "</tr>")
         for row in self.metrics.get("per_class", []):
+            extra = (f"<td>{row['threshold']:.3f}</td><td>{row['roc_auc']:.3f}</td><td>{row['average_precision']:.3f}</td>"
+                     if per_label else "")
             parts.append(f"<tr><td>{e(row['class'])}</td><td>{row['precision']:.3f}</td><td>{row['recall']:.3f}"
-                         f"</td><td>{row['f1']:.3f}</td><td>{row['support']}</td></tr>")
+                         f"</td><td>{row['f1']:.3f}</td><td>{row['support']}</td>{extra}</tr>")
         parts.append("</table>")
         slices = self.slices()
         if slices:
@@ -369,7 +397,7 @@ class Evaluation:
         if self.probabilities is not None and len(self.probabilities):
             b64 = base64.b64encode(self._png(self.reliability_figure())).decode()
             parts.append(f"<h2>Calibration</h2><img alt='reliability diagram' src='data:image/png;base64,{b64}'>")
-        if "curves" in self.metrics:
+        if "curves" in self.metrics or "label_curves" in self.metrics:
             b64 = base64.b64encode(self._png(self.curves_figure())).decode()
             parts.append(f"<h2>ROC and precision-recall</h2><img alt='ROC and PR curves' src='data:image/png;base64,{b64}'>")
         if "hierarchy" in self.metrics:

@@ -100,7 +100,18 @@ def metrics(task: str, targets: np.ndarray, P: np.ndarray, classes: Sequence[str
             at_half = multilabel_metrics(targets, P, classes, None)
             out["at_0.5"] = {k: at_half[k] for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy")}
         out["thresholds"] = list(decision.thresholds) if decision.thresholds is not None else [0.5] * len(classes)
-        if len(targets):
+        if len(targets):  # per-label ROC and precision-recall curves, AUC and AP
+            from .thresholds import binary_curves
+
+            curves = {}
+            for j, (c, row) in enumerate(zip(classes, out["per_class"])):
+                cj = binary_curves(targets[:, j].astype(int), P[:, j])
+                row.update({"roc_auc": cj["roc_auc"], "average_precision": cj["average_precision"],
+                            "threshold": out["thresholds"][j]})
+                curves[c] = {"roc": cj["roc"], "pr": cj["pr"]}
+            out["label_curves"] = curves
+            aucs = [r["roc_auc"] for r in out["per_class"] if not np.isnan(r["roc_auc"])]
+            out["macro_roc_auc"] = float(np.mean(aucs)) if aucs else float("nan")
             from .calibration import calibration_bins
 
             out["ece"] = calibration_bins(task, targets, P)["ece"]
