@@ -129,7 +129,10 @@ class Evaluation:
         ax.set_yticks(ticks, short, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{self.title}: confusion matrix" + (" (row-normalised)" if normalize else " (counts)"))
+        import textwrap  # a long title on a small matrix wraps instead of running off the figure
+
+        title = f"{self.title}: confusion matrix" + (" (row-normalised)" if normalize else " (counts)")
+        ax.set_title("\n".join(textwrap.wrap(title, max(24, int(7 * (side + 1.5))))), fontsize=9)
         if n <= 20:
             thresh = cm.max() / 2 if cm.size else 0
             for i in range(n):
