@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from . import _commands  # noqa: F401,E402 - registers the commands defined outside app.py
 from .app import app
 
 

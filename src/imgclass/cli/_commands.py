@@ -1,0 +1,6 @@
+"""Registers the commands defined outside ``app.py`` (each module adds its commands to ``app`` and
+imports heavy libraries inside the commands)."""
+
+from __future__ import annotations
+
+from . import cmd_active, cmd_cluster, cmd_pretrain  # noqa: F401
