@@ -51,7 +51,9 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
           img_size: int | None = None, pretrained: str | None = None, resume: str | os.PathLike | None = None,
           taxonomy: str | os.PathLike | None = None, positive: str | None = None, threshold_for: str | None = None,
           min_confidence: float | None = None, hierarchy: str = "flat", balance: str | None = None,
-          calibrate: bool = True, log: Callable[[str], Any] = lambda m: None):
+          calibrate: bool = True, unlabeled: ImageDataset | str | os.PathLike | None = None,
+          semi: str | None = None, pseudo_threshold: float | None = None,
+          log: Callable[[str], Any] = lambda m: None):
     """Train ``method`` on ``data``. With ``out`` the whole run directory is written.
 
     ``data`` is a dataset or a path. When ``val`` is not given, a seeded stratified split of ``data``
@@ -69,6 +71,11 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
     ``threshold_for`` (binary: ``f1``, ``youden``, ``precision=0.95``, ``recall=0.9``), ``balance``
     (``none``, ``weights``, ``sampler``). Thresholds are tuned on the validation split, after a
     temperature is fitted there (``calibrate``; stored in the bundle and used by ``predict``).
+
+    Semi-supervised: ``unlabeled`` (a folder, CSV or dataset of images; labels, if any, only score
+    the pseudo-labels) with ``semi`` = ``self-training`` or ``label-spreading`` (classical, default
+    self-training) or ``fixmatch`` (deep, the default), and ``pseudo_threshold``. The pseudo-label
+    counts and accuracy per round are in ``model.meta_["semi"]``.
     """
     from .models import parse_spec
 
@@ -80,6 +87,9 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
     ds = _as_dataset(data, task, taxonomy=taxonomy) if taxonomy is not None else _as_dataset(data, task)
     check_task_options(ds, positive=positive, threshold_for=threshold_for, min_confidence=min_confidence,
                        hierarchy=hierarchy, balance=balance)
+    semi_kw = _semi_options(spec.kind, ds, unlabeled, semi, pseudo_threshold, log)
+    if semi_kw and spec.kind == "deep" and pseudo_threshold is not None:
+        train_config = {**(train_config or {}), "pseudo_threshold": float(pseudo_threshold)}
     preprocess = _as_preprocess(preprocess)
     if val is None:
         idx, train_ds, val_ds = prepare_split(ds, val_split, seed, split_file)
@@ -98,6 +108,9 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
                           "decision": {"positive": positive, "threshold_for": threshold_for,
                                        "min_confidence": min_confidence, "hierarchy": hierarchy, "balance": balance,
                                        "calibrate": calibrate},
+                          "semi": {"unlabeled": os.path.abspath(unlabeled) if isinstance(unlabeled, (str, os.PathLike))
+                                   else None, "method": semi, "pseudo_threshold": pseudo_threshold}
+                          if unlabeled is not None else None,
                           "platform": platform.platform()})
         if idx is not None:
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
@@ -106,7 +119,30 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
                            max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
                            img_size=img_size, pretrained=pretrained, resume=False, log=log, positive=positive,
                            threshold_for=threshold_for, min_confidence=min_confidence, hierarchy=hierarchy,
-                           balance=balance, calibrate=calibrate)
+                           balance=balance, calibrate=calibrate, **semi_kw)
+
+
+def _semi_options(kind: str, ds: ImageDataset, unlabeled, semi, pseudo_threshold, log) -> dict:
+    """``fit_model`` keywords for semi-supervised training (empty without ``unlabeled``); bad options
+    fail here, before anything is written."""
+    if unlabeled is None:
+        if semi is not None or pseudo_threshold is not None:
+            raise ConfigError("--semi and --pseudo-threshold need --unlabeled DIR (the unlabelled images)")
+        return {}
+    from functools import partial
+
+    from .learning.semi import check_semi, default_semi, fit_semi_classical
+
+    semi = semi or default_semi(kind)
+    check_semi(kind, semi, ds.task or "multiclass")
+    un = _as_dataset(unlabeled)
+    if not len(un):
+        raise DataError(f"--unlabeled {un.name}: no images found; give a folder of images")
+    if pseudo_threshold is not None and not 0 < pseudo_threshold <= 1:
+        raise ConfigError(f"--pseudo-threshold {pseudo_threshold}: give a probability in (0, 1]")
+    if kind == "deep":
+        return {"unlabeled": un}
+    return {"unlabeled": un, "fit_classical": partial(fit_semi_classical, semi=semi, threshold=pseudo_threshold, log=log)}
 
 
 def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **kw):
@@ -160,11 +196,14 @@ def _resume(run_path: str | os.PathLike, log):
     train_ds = ds.subset(idx["train"], f"{ds.name}:train")
     val_ds = ds.subset(idx.get("val", np.zeros(0, np.int64)), f"{ds.name}:val")
     run.log(f"resume {cfg['method']}")
+    semi_cfg = cfg.get("semi") or {}
+    semi_kw = (_semi_options(spec.kind, ds, semi_cfg["unlabeled"], semi_cfg.get("method"), None, log)
+               if semi_cfg.get("unlabeled") else {})
     return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, seed=cfg.get("seed", 0),
                            n_jobs=cfg.get("n_jobs"), max_pixels=cfg.get("max_pixels"),
                            preprocess=_as_preprocess(cfg.get("preprocess")), train_config=cfg.get("train"),
                            img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log,
-                           **(cfg.get("decision") or {}))
+                           **(cfg.get("decision") or {}), **semi_kw)
 
 
 def lr_find(data: ImageDataset | str | os.PathLike, method: str, *, out: str | os.PathLike | None = None,

@@ -141,6 +141,9 @@ def train(
     threshold_for: Annotated[str | None, typer.Option(help="Binary: tune the threshold on validation for f1 (default), youden, precision=P or recall=R.", rich_help_panel="Task")] = None,
     balance: Annotated[str | None, typer.Option(help="Imbalance: none, weights (class-weighted loss / class_weight) or sampler (balanced batches / resampling).", rich_help_panel="Task")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on validation (stored in the bundle, used by predict).", rich_help_panel="Task")] = True,
+    unlabeled: Annotated[str | None, typer.Option(help="Folder (or CSV) of unlabelled images to learn from as well; labels there only score the pseudo-labels.", rich_help_panel="Semi-supervised")] = None,
+    semi: Annotated[str | None, typer.Option(help="self-training or label-spreading (classical; default self-training), fixmatch (deep, the default).", rich_help_panel="Semi-supervised")] = None,
+    pseudo_threshold: Annotated[float | None, typer.Option(help="Confidence a prediction needs to become a pseudo-label (default 0.75 classical, 0.95 fixmatch).", rich_help_panel="Semi-supervised")] = None,
 ):
     """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
     from .. import api
@@ -161,14 +164,27 @@ def train(
                           preprocess=_preprocess(size, resize, grayscale, denoise, equalize),
                           train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err,
                           taxonomy=taxonomy, hierarchy=hierarchy, min_confidence=min_confidence, positive=positive,
-                          threshold_for=threshold_for, balance=balance, calibrate=calibrate)
+                          threshold_for=threshold_for, balance=balance, calibrate=calibrate,
+                          unlabeled=unlabeled, semi=semi, pseudo_threshold=pseudo_threshold)
     val = model.meta_.get("metrics", {}).get("val", {})
+    semi_report = model.meta_.get("semi")
     _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
     if json_out:
-        _print_json({"run_dir": str(model.run_dir), "model": str(model.run_dir / "model"), "metrics": val})
+        _print_json({"run_dir": str(model.run_dir), "model": str(model.run_dir / "model"), "metrics": val,
+                     **({"semi": semi_report} if semi_report else {})})
         return
     con = _console()
     con.print(f"trained [bold]{model.method}[/] on {len(model.classes_)} classes ({model.task_})")
+    if semi_report:
+        from rich.table import Table
+
+        t = Table(title=f"{semi_report['method']}: pseudo-labels from {semi_report['unlabeled']} unlabelled images "
+                        f"(threshold {semi_report['threshold']})", title_justify="left")
+        for col in ("round", "pseudo-labels", "correct"):
+            t.add_column(col, justify="right")
+        for r in semi_report["rounds"]:
+            t.add_row(str(r["round"]), str(r["added"]), "—" if r["accuracy"] is None else f"{r['accuracy']:.1%}")
+        con.print(t)
     if val:
         con.print(_metric_table("validation", val))
     con.print(f"run directory: {model.run_dir}   bundle: {model.run_dir / 'model'}")

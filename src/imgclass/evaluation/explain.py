@@ -114,7 +114,7 @@ def _targets(model, P: np.ndarray, target: str | Sequence[str] | None) -> list[s
         return names
     pred = predictions(model, P[None, :])[0]
     if task == "multilabel":
-        return list(pred.labels) or [model.classes_[int(np.argmax(P))]]
+        return [lab for lab, _ in pred.labels] or [model.classes_[int(np.argmax(P))]]
     return [pred.label]
 
 

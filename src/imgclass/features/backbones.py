@@ -9,6 +9,10 @@ Sources of weights (``pretrained=``):
 - ``"hub"``: timm's own pretrained weights from the Hugging Face hub (needs internet).
 - ``None`` / ``"scratch"``: random initialisation.
 
+A backbone *name* may also be a folder written by ``imgclass pretrain`` (``runs/simclr``): it holds
+``backbone.safetensors`` and ``backbone.json`` (architecture, input size, mean/std: timm's pretrained
+config travelling with the weights), and its own weights are the default source.
+
 Lives in ``features`` rather than ``models`` (as DESIGN.md first drew it) because frozen deep
 embeddings are a feature extractor and ``features`` may not import ``models``.
 """
@@ -60,17 +64,82 @@ def _timm():
     return timm
 
 
+#: the two files of a pretrained backbone folder (written by ``imgclass pretrain`` into its run directory)
+BACKBONE_WEIGHTS = "backbone.safetensors"
+BACKBONE_JSON = "backbone.json"
+BACKBONE_FORMAT_VERSION = 1
+
+
+def looks_like_path(name: str) -> bool:
+    """``runs/x``, ``./x``, ``~/x``: a backbone given as a folder rather than an architecture name."""
+    return "/" in name or "\\" in name or name.startswith((".", "~"))
+
+
+def pretrained_dir(name: str | os.PathLike) -> Path | None:
+    """The folder when ``name`` is a pretrained backbone folder (it holds ``backbone.json``), else ``None``."""
+    try:
+        p = Path(name).expanduser()
+        return p if (p / BACKBONE_JSON).is_file() else None
+    except (TypeError, ValueError, OSError):
+        return None
+
+
+def check_pretrained_dir(name: str | os.PathLike) -> Path:
+    """``name`` as a pretrained backbone folder, or a ``ConfigError`` saying what is wrong with it."""
+    p = Path(name).expanduser()
+    if (p / BACKBONE_JSON).is_file():
+        return p
+    if not p.exists():
+        raise ConfigError(f"{name}: no such folder; give a backbone name (smallcnn, lite0, resnet18, ...) or a "
+                          "run directory of 'imgclass pretrain'")
+    if (p / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"{name}: the pretraining there has not finished (no {BACKBONE_JSON}); continue it "
+                          f"with 'imgclass pretrain --resume {name}'")
+    raise ConfigError(f"{name}: not a pretrained backbone (no {BACKBONE_JSON}); make one with "
+                      f"'imgclass pretrain DATA --out {name}'")
+
+
+def read_pretrained_dir(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``backbone.json`` of a pretrained backbone folder, checked."""
+    import json
+
+    f = check_pretrained_dir(folder) / BACKBONE_JSON
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+        if int(info.get("format_version", 1)) > BACKBONE_FORMAT_VERSION:
+            raise ModelFormatError(f"{f}: format {info['format_version']} is newer than this imgclass understands; "
+                                   "upgrade imgclass")
+        info["arch"], info["input_size"] = str(info["arch"]), int(info["input_size"])
+        info["mean"], info["std"] = tuple(map(float, info["mean"])), tuple(map(float, info["std"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFormatError(f"{f}: unreadable or incomplete ({exc}); rerun 'imgclass pretrain'") from None
+    return info
+
+
 def resolve_arch(name: str) -> str:
     """``lite0`` → ``tf_efficientnet_lite0``; any other name is a timm architecture."""
     return LITE[name][0] if name in LITE else name
 
 
 def is_known_arch(name: str) -> bool:
+    if pretrained_dir(name) is not None:
+        return True
+    if looks_like_path(name):
+        return False
     timm = _timm()
     return name in LITE or bool(timm.list_models(resolve_arch(name)))
 
 
 def backbone_config(name: str) -> BackboneConfig:
+    run = pretrained_dir(name) or (check_pretrained_dir(name) if looks_like_path(name) else None)
+    if run is not None:
+        info = read_pretrained_dir(run)
+        # timm names a weight set "arch.tag" (resnet18.a1_in1k); the tag (a digest of the weights) keeps
+        # the ONNX and embedding caches, keyed by ``arch``, apart for every pretrained folder
+        digest = info.get("weights_sha256") or _file_digest(run / BACKBONE_WEIGHTS)
+        return BackboneConfig(arch=f"{info['arch']}.{info.get('method', 'pretrained')}_{digest[:12]}",
+                              input_size=info["input_size"], mean=info["mean"], std=info["std"],
+                              interpolation=info.get("interpolation", "bilinear"))
     timm = _timm()
     arch = resolve_arch(name)
     if not timm.list_models(arch):
@@ -87,6 +156,16 @@ def backbone_config(name: str) -> BackboneConfig:
                           std=tuple(d.get("std", (0.229, 0.224, 0.225))),
                           interpolation=d.get("interpolation", "bicubic") if d.get("interpolation") in
                           ("bilinear", "bicubic", "nearest") else "bilinear")
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def lite_weights_file(name: str) -> Path:
@@ -154,9 +233,15 @@ def create_backbone(name: str, pretrained: str | None = "imagenet", num_classes:
     """A timm model. ``num_classes=0`` gives a feature extractor (pooled embedding output).
 
     ``pretrained``: ``"imagenet"`` (offline packaged weights for lite0-2; otherwise timm's hub weights),
-    ``"hub"``, a file path, or ``None``/``"scratch"``.
+    ``"hub"``, a file path, or ``None``/``"scratch"``. For a pretrained folder (``runs/simclr``) the
+    default source is its own weights.
     """
     timm = _timm()
+    run = pretrained_dir(name) or (check_pretrained_dir(name) if looks_like_path(name) else None)
+    if run is not None:
+        name = read_pretrained_dir(run)["arch"]
+        if pretrained in ("imagenet", "hub"):
+            pretrained = str(run / BACKBONE_WEIGHTS)
 
     arch = resolve_arch(name)
     if not timm.list_models(arch):

@@ -217,20 +217,26 @@ class FeaturePipeline:
 
         from sklearn.exceptions import ConvergenceWarning
 
-        if not isinstance(self.classifier, str):
-            clf = self.classifier
-        else:
-            params = dict(self.extractor.classifier_defaults.get(self.classifier) or {})
-            weighted = self.balance != "none" and y.ndim == 1 and self.classifier in CLASS_WEIGHTED
-            if weighted and self.balance == "weights":
-                params["class_weight"] = "balanced"
-            elif self.balance != "none" and y.ndim == 1:
-                F, y = _oversample(F, y, self.seed)  # balanced resampling for classifiers without class_weight
-            clf = make_classifier(self.classifier, self.seed, self.task_, params)
+        clf = self.new_classifier(y)
+        weighted = self.balance == "weights" and self.classifier in CLASS_WEIGHTED
+        if isinstance(self.classifier, str) and self.balance != "none" and y.ndim == 1 and not weighted:
+            F, y = _oversample(F, y, self.seed)  # balanced resampling for classifiers without class_weight
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(F, y)
         return clf
+
+    def new_classifier(self, y: np.ndarray | None = None):
+        """The unfitted scikit-learn classifier ``fit`` would train (with ``class_weight="balanced"``
+        under ``balance="weights"``); a classifier object given to the constructor is cloned."""
+        if not isinstance(self.classifier, str):
+            from sklearn.base import clone
+
+            return clone(self.classifier)
+        params = dict(self.extractor.classifier_defaults.get(self.classifier) or {})
+        if self.balance == "weights" and (y is None or y.ndim == 1) and self.classifier in CLASS_WEIGHTED:
+            params["class_weight"] = "balanced"
+        return make_classifier(self.classifier, self.seed, self.task_, params)
 
     def _fit_local(self, F: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """One classifier per parent node, trained on the images below it to choose among its children

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -25,15 +26,18 @@ def parse_spec(text: str) -> MethodSpec:
     >>> parse_spec("hog,color_hist+svm").features
     ('hog', 'color_hist')
     """
+    from ..features.backbones import BACKBONE_WEIGHTS, read_pretrained_dir
     from ..features.classical import EXTRACTORS
     from .classical import CLASSIFIERS
 
-    t = (text or "").strip().lower()
+    raw = (text or "").strip()
+    t = raw.lower()
     if not t:
         raise ConfigError("--method is empty; e.g. --method hog+svm (see 'imgclass methods')")
     if "+" in t:
         feats, _, clf = t.rpartition("+")
-        names = tuple(f.strip() for f in feats.split(",") if f.strip())
+        names = tuple(_folder_or_lower(f.strip()) for f in raw.rpartition("+")[0].split(",") if f.strip())
+        t = raw if any(os.path.isabs(n) for n in names) else t
         for n in names:
             if n not in EXTRACTORS:
                 from ..features.deep import is_backbone_name
@@ -50,6 +54,10 @@ def parse_spec(text: str) -> MethodSpec:
         return MethodSpec(text=t, kind="features", features=names, classifier=clf)
     from ..features.deep import is_backbone_name
 
+    folder = _folder_or_lower(raw)
+    if os.path.isabs(folder):  # a pretrained folder: its architecture, fine-tuned from its weights
+        return MethodSpec(text=raw, kind="deep", backbone=read_pretrained_dir(folder)["arch"],
+                          pretrained=os.path.join(folder, BACKBONE_WEIGHTS))
     backbone, _, source = t.partition("@")
     if backbone and is_backbone_name(backbone):
         if source not in ("", "scratch", "imagenet", "hub"):
@@ -60,6 +68,16 @@ def parse_spec(text: str) -> MethodSpec:
         return MethodSpec(text=t, kind="deep", backbone=backbone, pretrained=None if source == "scratch" else source)
     raise ConfigError(f"--method {text}: unknown method; use FEATURES+CLASSIFIER (e.g. hog+svm), a backbone "
                       "(lite0, resnet18@scratch, smallcnn) or see 'imgclass methods'")
+
+
+def _folder_or_lower(name: str) -> str:
+    """A pretrained backbone folder (``runs/simclr``, from ``imgclass pretrain``) as an absolute path with its
+    case kept (a bad folder is a ``ConfigError`` saying why); any other name lower-cased."""
+    from ..features.backbones import check_pretrained_dir, looks_like_path, pretrained_dir
+
+    if pretrained_dir(name) is not None or looks_like_path(name):
+        return os.path.abspath(check_pretrained_dir(name))
+    return name.lower()
 
 
 def list_methods() -> list[tuple[str, str]]:
@@ -75,6 +93,7 @@ def list_methods() -> list[tuple[str, str]]:
         ("smallcnn", "fast small CNN trained from scratch (small images; speedrun-style training)"),
         ("ARCH@scratch", "any timm architecture trained from scratch, e.g. resnet18@scratch"),
         ("imagenet:lite0", "(predict only) the pretrained ImageNet-1k classifier, no training"),
+        ("RUN+logreg / RUN", "a backbone from 'imgclass pretrain --out RUN': frozen + classifier, or fine-tuned"),
     ]
     rows += [(f"{name}+CLASSIFIER", cls.description) for name, cls in EXTRACTORS.items()]
     rows += [(f"FEATURES+{name}", desc) for name, (_, desc) in CLASSIFIERS.items()]

@@ -64,6 +64,11 @@ class TrainConfig:
     cache_frozen: bool = True  # with unfreeze: run the frozen trunk once and cache its activations
     hflip: bool = True  # horizontal flips in augmentation and TTA; off for text, digits, handwriting
     tta: bool = True
+    # semi-supervised (FixMatch) with unlabelled images: unlabelled images per labelled one in a step,
+    # the confidence a weak-view prediction needs to become a pseudo-label, and the loss weight
+    unlabeled_ratio: int = 1
+    pseudo_threshold: float = 0.95
+    unlabeled_weight: float = 1.0
     threads: int | None = None
     seed: int = 0
 
@@ -248,7 +253,7 @@ class Trainer:
     def __init__(self, model, train: TrainData, val: TrainData | None, cfg: TrainConfig, mean, std,
                  task: str = "multiclass", ckpt_dir: str | Path | None = None, pretrained: bool = False,
                  on_epoch: Callable[[dict], Any] | None = None, log: Callable[[str], Any] = lambda m: None,
-                 node_loss: NodeSoftmaxLoss | None = None):
+                 node_loss: NodeSoftmaxLoss | None = None, unlabeled: TrainData | None = None):
         import torch
 
         self.torch = torch
@@ -263,6 +268,11 @@ class Trainer:
         self.bad_epochs = 0
         self.g = torch.Generator().manual_seed(cfg.seed)
         self.augment = BatchAugment(cfg.augment, self.g, cfg.hflip)
+        self.unlabeled = unlabeled if unlabeled is not None and len(unlabeled.x) else None
+        if self.unlabeled is not None:  # FixMatch views: flip + shift (weak); shift + strong colour jitter (strong)
+            self.weak = BatchAugment("standard" if cfg.augment != "none" else "light", self.g, cfg.hflip)
+            self.strong = BatchAugment("strong", self.g, cfg.hflip)
+        self._pseudo = [0, 0, 0]  # this epoch: pseudo-labels used, of those scored, of those correct
         n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
         if node_loss is not None:
             n_classes = node_loss.A.shape[1]
@@ -284,7 +294,8 @@ class Trainer:
         self._build_optimizer("head" if pretrained and cfg.head_epochs > 0 else "all")
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.split = None  # (trunk, tail) when the frozen trunk's activations are cached
-        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen:
+        # the cache holds fixed views, and FixMatch needs fresh strong augmentations of unlabelled images
+        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen and self.unlabeled is None:
             from .frozen import split_network
 
             self.split = split_network(self.model, cfg.unfreeze)
@@ -368,6 +379,27 @@ class Trainer:
             x = lam * x + (1 - lam) * x[perm]
         return x, lam * soft + (1 - lam) * soft[perm]
 
+    def _fixmatch_loss(self, n: int):
+        """FixMatch: predictions on a weak view of ``n`` unlabelled images that reach
+        ``pseudo_threshold`` become targets for the strong view of the same images."""
+        torch = self.torch
+        u = self.unlabeled
+        idx = torch.randint(0, len(u.x), (n,), generator=self.g)
+        xu = u.x[idx]
+        with torch.no_grad():
+            prob = torch.softmax(self.model(self._normalize(self.weak(xu))), dim=1)
+        conf, pseudo = prob.max(dim=1)
+        mask = conf >= self.cfg.pseudo_threshold
+        truth = u.y[idx]
+        scored = mask & (truth >= 0)
+        self._pseudo[0] += int(mask.sum())
+        self._pseudo[1] += int(scored.sum())
+        self._pseudo[2] += int((pseudo[scored] == truth[scored]).sum())
+        if not mask.any():
+            return torch.zeros((), requires_grad=False)
+        logits = self.model(self._normalize(self.strong(xu[mask])))
+        return torch.nn.functional.cross_entropy(logits, pseudo[mask], reduction="sum") / n
+
     # -- one epoch
     def _train_epoch(self, bar) -> float:
         torch = self.torch
@@ -405,6 +437,8 @@ class Trainer:
                 target = y.float() if y.ndim == 2 else y
             logits = net(x)
             loss = self.criterion(logits, target)
+            if self.unlabeled is not None:
+                loss = loss + cfg.unlabeled_weight * self._fixmatch_loss(len(idx) * max(1, cfg.unlabeled_ratio))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -538,6 +572,12 @@ class Trainer:
             rec = {"epoch": self.epoch, "phase": self.phase, "train_loss": loss,
                    "lr": self.opt.param_groups[0]["lr"], "train_s": train_s,
                    "img_per_s": len(self.train.x) / max(train_s, 1e-9), **self._score()}
+            if self.unlabeled is not None:
+                used, scored, right = self._pseudo
+                rec["pseudo_labels"] = used
+                if scored:
+                    rec["pseudo_accuracy"] = right / scored
+                self._pseudo = [0, 0, 0]
             self.history.append(rec)
             score = rec.get(metric_key)
             improved = score is not None and (self.best is None or score > self.best)

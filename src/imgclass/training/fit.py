@@ -23,8 +23,13 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
               pretrained: str | None = None, ckpt_dir: str | Path | None = None, resume: bool = False,
               on_epoch: Callable[[dict], Any] | None = None, positive: str | None = None,
               threshold_for: str | None = None, min_confidence: float | None = None, hierarchy: str = "flat",
-              balance: str | None = None, calibrate: bool = True):
+              balance: str | None = None, calibrate: bool = True, unlabeled: ImageDataset | None = None,
+              fit_classical: Callable | None = None):
     """Build the estimator for ``method``, fit it on ``train`` and score it on ``val``.
+
+    ``unlabeled`` (semi-supervised): deep models train with FixMatch on it (``train_config``'s
+    ``pseudo_threshold``, ``unlabeled_ratio``, ``unlabeled_weight``); classical pipelines are fitted
+    by ``fit_classical(model, train, unlabeled)`` (``imgclass.learning.semi``).
 
     Deep methods train with the engine (``train_config``; checkpoints in ``ckpt_dir``; ``resume``
     continues from ``ckpt_dir/last.pt``). The decision rule (binary threshold for ``threshold_for`` on
@@ -59,9 +64,13 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
     if model.kind != "deep":
         model.balance = cfg.balance if balance is None else balance
     if model.kind == "deep":
-        P = fit_deep(model, train, val, cfg, ckpt_dir=ckpt_dir, resume=resume, log=log, on_epoch=on_epoch)
+        P = fit_deep(model, train, val, cfg, ckpt_dir=ckpt_dir, resume=resume, log=log, on_epoch=on_epoch,
+                     unlabeled=unlabeled)
     else:
-        model.fit(train)
+        if unlabeled is not None and fit_classical is not None:
+            fit_classical(model, train, unlabeled)
+        else:
+            model.fit(train)
         if model.errors_:
             log(f"skipped {len(model.errors_)} unreadable training images (listed in the report)")
         model.meta_["train_skipped"] = list(model.errors_)
@@ -150,8 +159,10 @@ def _targets(ds: ImageDataset, ok: np.ndarray):
 
 
 def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainConfig, ckpt_dir=None,
-             resume: bool = False, log=print, on_epoch=None) -> np.ndarray | None:
-    """Decode the data once into memory, build the network and run the engine; returns val probabilities."""
+             resume: bool = False, log=print, on_epoch=None, unlabeled: ImageDataset | None = None) -> np.ndarray | None:
+    """Decode the data once into memory, build the network and run the engine; returns val probabilities.
+    With ``unlabeled`` the engine adds FixMatch's pseudo-label loss (the unlabelled images' own labels,
+    when they have any, only score the pseudo-labels)."""
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -173,6 +184,18 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
         va = TrainData(xva, _targets(val, okva), errva)
     if len(xtr) < 2:
         raise DataError("fewer than two readable training images")
+    un = None
+    if unlabeled is not None:
+        xun, okun, errun = decode_images(model, unlabeled, "decode (unlabelled)")
+        if not len(xun):
+            raise DataError(f"{unlabeled.name}: no readable unlabelled images; give a folder of images with --unlabeled")
+        index = {c: i for i, c in enumerate(train.classes)}
+        truth = np.full(len(unlabeled), -1, dtype=np.int64)
+        if unlabeled.is_labelled and unlabeled.targets.ndim == 1:  # used only to score the pseudo-labels
+            truth = np.array([index.get(unlabeled.classes[t], -1) if t >= 0 else -1 for t in unlabeled.targets])
+        un = TrainData(xun, torch.from_numpy(truth[okun]), errun)
+        log(f"fixmatch: {len(xtr)} labelled + {len(xun)} unlabelled images, pseudo-label threshold "
+            f"{cfg.pseudo_threshold}")
     node_loss = None
     if model.task_ == "hierarchical" and model.hierarchy == "local":
         from ..tasks.hierarchy import Tree, sibling_groups
@@ -183,7 +206,7 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
     net = model.build_network(model.n_outputs, drop_rate=cfg.dropout)
     trainer = Trainer(net, tr, va, cfg, model.preprocess.mean, model.preprocess.std, task=model.task_,
                       ckpt_dir=ckpt_dir, pretrained=model.pretrained is not None, log=log, on_epoch=on_epoch,
-                      node_loss=node_loss)
+                      node_loss=node_loss, unlabeled=un)
     last = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
     if resume and last is not None and last.exists():
         trainer.load_checkpoint(last)
@@ -198,6 +221,11 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
     model.model_ = (trainer.ema.model if trainer.ema is not None else trainer.model).eval()
     model.model_ = model.model_.to(memory_format=torch.contiguous_format)
     model.history_ = trainer.history
+    if un is not None:
+        rounds = [{"round": h["epoch"], "added": h.get("pseudo_labels", 0), "accuracy": h.get("pseudo_accuracy")}
+                  for h in trainer.history]
+        model.meta_["semi"] = {"method": "fixmatch", "threshold": cfg.pseudo_threshold, "labelled": int(len(xtr)),
+                               "unlabeled": int(len(un.x)), "rounds": rounds}
     model.meta_["train_skipped"] = list(errtr)
     model.meta_["val_skipped"] = list(va.skipped) if va is not None else []
     model.errors_ = list(errtr)

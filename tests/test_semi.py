@@ -1,0 +1,97 @@
+"""Semi-supervised training: --unlabeled with self-training / label spreading (classical) and
+FixMatch (deep). Labels found among the unlabelled images only score the pseudo-labels."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import write_colour_dataset
+
+import imgclass
+from imgclass.cli import main
+
+CLASSES = {"red": (200, 30, 30), "green": (30, 180, 30), "blue": (30, 40, 200)}
+
+
+def _run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """2 labelled images per class, 20 unlabelled per class (class folders, for scoring), 10 val per class,
+    and a copy of the unlabelled images filed under the WRONG class names."""
+    root = tmp_path_factory.mktemp("semi")
+    write_colour_dataset(root / "labelled", n_per_class=2, classes=CLASSES, seed=1)
+    write_colour_dataset(root / "pool", n_per_class=20, classes=CLASSES, seed=2)
+    write_colour_dataset(root / "val", n_per_class=10, classes=CLASSES, seed=3)
+    wrong = {"red": "green", "green": "blue", "blue": "red"}
+    for src, dst in wrong.items():
+        shutil.copytree(root / "pool" / src, root / "mislabelled_pool" / dst)
+    return root
+
+
+@pytest.mark.parametrize("semi", ["self-training", "label-spreading"])
+def test_classical_semi_supervised_uses_pseudo_labels_and_scores_them(data, semi):
+    val = imgclass.load_dataset(data / "val")
+    model = imgclass.train(data / "labelled", method="color_hist+logreg", val=val, unlabeled=data / "pool",
+                           semi=semi, n_jobs=1)
+    rep = model.meta_["semi"]
+    assert rep["method"] == semi and rep["labelled"] == 6 and rep["unlabeled"] == 60
+    assert rep["pseudo_labels"] > 30 and sum(r["added"] for r in rep["rounds"]) == rep["pseudo_labels"]
+    assert rep["pseudo_accuracy"] > 0.9  # colour classes: the pseudo-labels are right
+    assert model.meta_["metrics"]["val"]["accuracy"] > 0.9
+    # the pool's own labels never reach the classifier: filed under wrong names, the model is unchanged
+    # and only the reported pseudo-label accuracy drops
+    again = imgclass.train(data / "labelled", method="color_hist+logreg", val=val, unlabeled=data / "mislabelled_pool",
+                           semi=semi, n_jobs=1)
+    assert again.meta_["semi"]["pseudo_accuracy"] < 0.1
+    np.testing.assert_allclose(again.predict_proba(val), model.predict_proba(val), atol=1e-8)
+
+
+def test_deep_fixmatch_records_pseudo_labels_per_epoch(data, tmp_path):
+    model = imgclass.train(data / "labelled", method="smallcnn", img_size=16, out=tmp_path / "run",
+                           unlabeled=data / "pool", pseudo_threshold=0.34, n_jobs=1,
+                           train_config={"epochs": 2, "batch_size": 4, "augment": "light", "lr": 3e-3})
+    hist = model.history_
+    assert all("pseudo_labels" in h for h in hist) and sum(h["pseudo_labels"] for h in hist) > 0
+    rep = model.meta_["semi"]
+    assert rep["method"] == "fixmatch" and rep["threshold"] == 0.34 and rep["unlabeled"] == 60
+    assert [r["round"] for r in rep["rounds"]] == [1, 2]
+    assert any(r["accuracy"] is not None for r in rep["rounds"])
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    assert "pseudo_threshold: 0.34" in cfg and "unlabeled:" in cfg
+
+
+def test_cli_prints_the_pseudo_label_rounds(data, tmp_path):
+    rc, out, err = _run(["train", str(data / "labelled"), "--method", "color_hist+logreg", "--out",
+                         str(tmp_path / "run"), "--unlabeled", str(data / "pool"), "--semi", "label-spreading",
+                         "--jobs", "1", "--json"])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["semi"]["method"] == "label-spreading" and doc["semi"]["rounds"][0]["added"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--semi", "self-training"], "need --unlabeled"),
+    (["--unlabeled", "POOL", "--semi", "fixmatch"], "classical pipelines use self-training or label-spreading"),
+    (["--unlabeled", "POOL", "--semi", "co-training"], "--semi 'co-training'"),
+    (["--unlabeled", "POOL", "--pseudo-threshold", "1.5"], "--pseudo-threshold 1.5"),
+    (["--unlabeled", "EMPTY"], "no images found"),
+])
+def test_bad_semi_options_exit_2_with_one_line(data, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [str(data / "pool") if a == "POOL" else str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    rc, out, err = _run(["train", str(data / "labelled"), "--method", "color_hist+logreg", "--out",
+                         str(tmp_path / "run"), "--jobs", "1", *args])
+    assert rc == 2, (out, err)
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
