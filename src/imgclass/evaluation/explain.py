@@ -96,6 +96,13 @@ class Explanation:
 
 
 # --------------------------------------------------------------------------- targets
+def _tree(model):
+    """The model's taxonomy tree (classical pipelines have no ``_tree()`` method, deep models do)."""
+    from ..tasks.hierarchy import Tree
+
+    return Tree(model.taxonomy_ or {c: None for c in model.classes_}, list(model.classes_))
+
+
 def _targets(model, P: np.ndarray, target: str | Sequence[str] | None) -> list[str]:
     """The names to explain: the given ones (checked), else what the model predicts (every label
     above its threshold for multi-label models)."""
@@ -104,7 +111,7 @@ def _targets(model, P: np.ndarray, target: str | Sequence[str] | None) -> list[s
     task = getattr(model, "task_", "multiclass")
     known = list(model.classes_)
     if task == "hierarchical":
-        known = list(model._tree().nodes)
+        known = list(_tree(model).nodes)
     if target is not None:
         names = [target] if isinstance(target, str) else list(target)
         for t in names:
@@ -122,7 +129,7 @@ def _probability(model, P: np.ndarray, name: str) -> float:
     if getattr(model, "task_", "") == "hierarchical":
         from ..tasks.hierarchy import node_probabilities
 
-        tree = model._tree()
+        tree = _tree(model)
         return float(node_probabilities(tree, P[None, :])[0, tree.index[name]])
     return float(P[list(model.classes_).index(name)])
 
@@ -134,7 +141,7 @@ def _score_fn(model, name: str):
     if getattr(model, "task_", "") != "hierarchical":
         i = list(model.classes_).index(name)
         return lambda z: z[:, i]
-    tree = model._tree()
+    tree = _tree(model)
     if model.hierarchy == "local":  # log P(node) = sum of the sibling-softmax log-probabilities on its path
         from ..tasks.hierarchy import sibling_groups
 
@@ -252,7 +259,7 @@ def _explain_classical(model, view: np.ndarray, name: str) -> np.ndarray:
     if getattr(model, "task_", "") == "hierarchical":
         from ..tasks.hierarchy import node_probabilities
 
-        tree = model._tree()
+        tree = _tree(model)
 
         def prob(P):
             return node_probabilities(tree, P)[:, tree.index[name]]
