@@ -264,6 +264,16 @@ class Evaluation:
         fig.tight_layout()
         return fig
 
+    def _render(self, name: str, make) -> bytes:
+        """PNG bytes of the figure ``make()``; within one ``write`` each figure is drawn once and reused
+        for both ``plots/`` and the report (matplotlib rendering is most of a report's cost)."""
+        cache = getattr(self, "_png_cache", None)
+        if cache is None:
+            return self._png(make())
+        if name not in cache:
+            cache[name] = self._png(make())
+        return cache[name]
+
     def _png(self, fig) -> bytes:
         import matplotlib.pyplot as plt
 
@@ -275,7 +285,7 @@ class Evaluation:
     def plot_confusion(self, path: str | os.PathLike, normalize: bool = False) -> Path:
         if "confusion" not in self.metrics:
             raise DataError("a confusion matrix needs single-label data")
-        atomic_write_bytes(path, self._png(self.confusion_figure(normalize)))
+        atomic_write_bytes(path, self._render(f"confusion{normalize}", lambda: self.confusion_figure(normalize)))
         return Path(path)
 
     # ------------------------------------------------------------------ files
@@ -300,7 +310,13 @@ class Evaluation:
 
     def write(self, folder: str | os.PathLike) -> dict[str, Path]:
         """Write ``metrics.json``, ``predictions.csv``, confusion PNGs and ``report.html`` into ``folder``."""
-        folder = Path(folder)
+        self._png_cache: dict[str, bytes] = {}
+        try:
+            return self._write(Path(folder))
+        finally:
+            self._png_cache = None
+
+    def _write(self, folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         out = {"metrics": folder / "metrics.json", "predictions": folder / "predictions.csv",
                "report": folder / "report.html"}
@@ -321,7 +337,7 @@ class Evaluation:
                 plots = folder / "plots"
                 plots.mkdir(exist_ok=True)
                 out[name] = plots / f"{name}.png"
-                atomic_write_bytes(out[name], self._png(fig()))
+                atomic_write_bytes(out[name], self._render(name, fig))
         self.to_html(out["report"])
         return out
 
@@ -394,14 +410,14 @@ class Evaluation:
             parts.append("</table>")
         if "confusion" in self.metrics:
             for norm in (False, True):
-                b64 = base64.b64encode(self._png(self.confusion_figure(norm))).decode()
+                b64 = base64.b64encode(self._render(f"confusion{norm}", lambda norm=norm: self.confusion_figure(norm))).decode()
                 parts.append(f"<h2>Confusion matrix{' (normalised)' if norm else ''}</h2>"
                              f"<img alt='confusion matrix' src='data:image/png;base64,{b64}'>")
         if self.probabilities is not None and len(self.probabilities):
-            b64 = base64.b64encode(self._png(self.reliability_figure())).decode()
+            b64 = base64.b64encode(self._render("reliability", self.reliability_figure)).decode()
             parts.append(f"<h2>Calibration</h2><img alt='reliability diagram' src='data:image/png;base64,{b64}'>")
         if "curves" in self.metrics or "label_curves" in self.metrics:
-            b64 = base64.b64encode(self._png(self.curves_figure())).decode()
+            b64 = base64.b64encode(self._render("roc_pr", self.curves_figure)).decode()
             parts.append(f"<h2>ROC and precision-recall</h2><img alt='ROC and PR curves' src='data:image/png;base64,{b64}'>")
         if "hierarchy" in self.metrics:
             h = self.metrics["hierarchy"]
@@ -412,14 +428,14 @@ class Evaluation:
                          "<th>precision</th><th>mean depth</th></tr>")
             parts += [f"<tr><td>{e_['min_confidence']:.2f}</td><td>{e_['coverage']:.4f}</td><td>{e_['answered']:.4f}"
                       f"</td><td>{e_['precision']:.4f}</td><td>{e_['mean_depth']:.2f}</td></tr>" for e_ in h["fallback"]]
-            b64 = base64.b64encode(self._png(self.fallback_figure())).decode()
+            b64 = base64.b64encode(self._render("fallback", self.fallback_figure)).decode()
             parts.append(f"</table><img alt='fallback trade-off' src='data:image/png;base64,{b64}'>")
         if self.task == "multilabel" and "thresholds" in self.metrics:
             parts.append("<h2>Per-label thresholds</h2><table><tr><th>label</th><th>threshold</th></tr>")
             parts += [f"<tr><td>{e(c)}</td><td>{t:.3f}</td></tr>" for c, t in zip(self.classes, self.metrics["thresholds"])]
             parts.append("</table>")
         if self.history:
-            b64 = base64.b64encode(self._png(self.history_figure())).decode()
+            b64 = base64.b64encode(self._render("training_curves", self.history_figure)).decode()
             parts.append(f"<h2>Training curves</h2><img alt='training curves' src='data:image/png;base64,{b64}'>")
         gallery = self._gallery_html()
         if gallery:
