@@ -53,8 +53,10 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--methods", default="gradcam,gradcam++,integrated-gradients,occlusion")
+    ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args()
-    out_dir = HERE / "results" / "gradcam_sanity"
+    name = "gradcam_sanity" + (f"_{args.tag}" if args.tag else "")
+    out_dir = HERE / "results" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -85,7 +87,7 @@ def main() -> None:
     print(f"smallcnn trained in {t_train.s:.0f} s; test accuracy {acc:.4f} on {len(files)} images "
           f"({args.size} px, {args.square} px squares)")
     print(table(rows, list(rows[0]), "heatmap peak inside the deciding square (target: gradcam >= 0.90)"))
-    save("gradcam_sanity", {"rows": rows, "test_accuracy": acc, "train_s": t_train.s, "args": vars(args),
+    save(name, {"rows": rows, "test_accuracy": acc, "train_s": t_train.s, "args": vars(args),
                             "command": "python bench/gradcam_sanity.py " + " ".join(sys.argv[1:])})
 
 
