@@ -30,6 +30,14 @@ def test_each_corruption_is_reproducible_and_grows_with_severity(photo, name):
     assert err[0] > 0.5 and err[0] <= err[1] <= err[2] + 1e-6, err
 
 
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_every_severity_step_is_stronger_even_on_32px_images(photo, name):
+    """The ladder must not collapse on small images (CIFAR): kernels with sub-pixel sizes still grow."""
+    for img in (photo, photo[::3, ::3][:32, :32].copy()):
+        err = [np.abs(corrupt(img, name, s, seed=3).astype(float) - img).mean() for s in range(1, 6)]
+        assert err[0] > 0.5 and all(b > a for a, b in zip(err, err[1:])), (img.shape, err)
+
+
 def test_bad_corruption_or_severity():
     img = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ConfigError, match="unknown corruption"):

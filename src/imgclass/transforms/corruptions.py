@@ -42,23 +42,30 @@ def _scale(img) -> float:
 def defocus_blur(img, s, rng):
     import cv2
 
+    # a disk with an anti-aliased rim (weight = covered fraction of each cell), so that the blur keeps
+    # growing with the severity even when the radius is below a pixel (small images such as CIFAR)
     radius = (3, 4, 6, 8, 10)[s - 1] * _scale(img)
-    r = max(1, int(round(radius)))
+    r = int(np.ceil(radius + 1.0))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    k = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float32)
-    k = cv2.GaussianBlur(k, (3, 3), 0.5)
+    k = np.clip(radius + 1.0 - np.hypot(xx, yy), 0.0, 1.0).astype(np.float32)
+    k[r, r] = 1.0
     return _u8(cv2.filter2D(_f(img), -1, k / k.sum(), borderType=cv2.BORDER_REFLECT))
 
 
 def motion_blur(img, s, rng):
     import cv2
 
-    length = max(3, int(round((10, 15, 15, 15, 20)[s - 1] * _scale(img))))
-    k = np.zeros((length, length), np.float32)
-    k[length // 2, :] = 1.0
+    # a line of fractional length (end cells weighted by the covered fraction), rotated: monotonic in
+    # the severity at any image size
+    length = max(1.5, (10, 15, 20, 25, 30)[s - 1] * _scale(img))
+    half = int(np.ceil(length / 2))
+    size = 2 * half + 1
+    d = np.abs(np.arange(size) - half)
+    k = np.zeros((size, size), np.float32)
+    k[half, :] = np.clip(length / 2 + 0.5 - d, 0.0, 1.0)
     angle = float(rng.uniform(-45, 45))
-    rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), angle, 1.0)
-    k = cv2.warpAffine(k, rot, (length, length))
+    rot = cv2.getRotationMatrix2D((half, half), angle, 1.0)
+    k = cv2.warpAffine(k, rot, (size, size))
     return _u8(cv2.filter2D(_f(img), -1, k / max(k.sum(), 1e-6), borderType=cv2.BORDER_REFLECT))
 
 
