@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=25)
     ap.add_argument("--semi", default="self-training,label-spreading")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pseudo-threshold", type=float, default=None)
     args = ap.parse_args()
     root = dataset_path("cifar10-12k", args.data)
     rng = np.random.default_rng(args.seed)
@@ -57,6 +58,7 @@ def main() -> None:
             with Timer() as t:
                 model = imgclass.train(lab_csv, method=args.method, val=val, seed=args.seed,
                                        unlabeled=pool_csv if semi else None, semi=semi,
+                                       pseudo_threshold=args.pseudo_threshold if semi else None,
                                        log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
             acc = model.meta_["metrics"]["val"]["accuracy"]
             rep = model.meta_.get("semi") or {}
