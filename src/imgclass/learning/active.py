@@ -50,6 +50,7 @@ STRATEGIES: dict[str, str] = {
     "random": "seeded random order (the baseline)",
 }
 UNCERTAINTY = ("entropy", "margin", "least-confidence")
+GEOMETRIC = ("coreset",)  # strategies that measure distances between features
 INITS = ("stratified", "random")
 
 
@@ -89,49 +90,49 @@ def kcenter_greedy(pool: np.ndarray, labelled: np.ndarray | None, k: int,
     the rows picked before it. Returns ``(indices, distance at the time of picking)``.
 
     Written by hand because no maintained library offers k-center greedy over an existing labelled set:
-    scikit-learn has the distances but not the selection, and the active-learning packages that do
-    (modAL, ALiPy, baal) are unmaintained or tied to their own training loops. The distances to the
-    labelled set are computed in chunks of about ``chunk_bytes`` so that memory stays bounded; each pick
-    then costs one matrix-vector product (``|a-b|^2 = |a|^2 - 2ab + |b|^2`` with cached norms).
+    scikit-learn has pairwise distances but not the selection, and the active-learning packages that do
+    (modAL, ALiPy, baal) are unmaintained or tied to their own training loops. Distances to the labelled
+    set are computed in chunks of about ``chunk_bytes`` so memory stays bounded; each pick then costs one
+    matrix-vector product (``|a-b|^2 = |a|^2 - 2ab + |b|^2`` with cached norms, in float32: scikit-learn's
+    ``euclidean_distances`` upcasts float32 chunk by chunk and measured ~10x slower here).
     """
-    from sklearn.metrics import pairwise_distances_chunked
-    from sklearn.metrics.pairwise import euclidean_distances
-
-    X = np.asarray(pool, dtype=np.float32)
+    X = np.ascontiguousarray(pool, dtype=np.float32)
     n = len(X)
     k = min(int(k), n)
     sq = np.einsum("ij,ij->i", X, X)
-    if labelled is not None and len(labelled):
-        L = np.asarray(labelled, dtype=np.float32)
-        mb = max(1, chunk_bytes >> 20)
-        min_d = np.concatenate(list(pairwise_distances_chunked(
-            X, L, reduce_func=lambda D, start: D.min(axis=1), working_memory=mb)))
-    else:  # nothing labelled: start from the point nearest the mean (a deterministic, central first centre)
-        min_d = np.full(n, np.inf)
-        centre = X.mean(axis=0, keepdims=True)
-        first = int(np.argmin(euclidean_distances(X, centre, X_norm_squared=sq[:, None]).ravel()))
-        min_d[first] = np.finfo(np.float64).max
+    # with nothing labelled, the mean stands in for the labelled set: the first pick is the most extreme row
+    L = np.ascontiguousarray(labelled if labelled is not None and len(labelled) else X.mean(axis=0, keepdims=True),
+                             dtype=np.float32)
+    sq_l = np.einsum("ij,ij->i", L, L)
+    step = max(1, int(chunk_bytes) // (4 * len(L)))
+    min_d2 = np.empty(n, dtype=np.float64)
+    for s in range(0, n, step):
+        d2 = sq[s:s + step, None] - 2.0 * (X[s:s + step] @ L.T) + sq_l[None, :]
+        min_d2[s:s + step] = d2.min(axis=1)
+    min_d2 = np.maximum(min_d2, 0.0)
     picked, dist = [], []
-    min_d = min_d.astype(np.float64)
     for _ in range(k):
-        j = int(np.argmax(min_d))
+        j = int(np.argmax(min_d2))
         picked.append(j)
-        dist.append(float(min_d[j]) if np.isfinite(min_d[j]) and min_d[j] < np.finfo(np.float64).max else 0.0)
-        d = euclidean_distances(X, X[j:j + 1], X_norm_squared=sq[:, None], Y_norm_squared=sq[j:j + 1, None]).ravel()
-        np.minimum(min_d, d, out=min_d)
-        min_d[j] = -1.0  # never pick it again
+        dist.append(float(np.sqrt(min_d2[j])))
+        d2 = np.maximum(sq - 2.0 * (X @ X[j]) + sq[j], 0.0)
+        np.minimum(min_d2, d2, out=min_d2)
+        min_d2[j] = -1.0  # never picked again
     return np.asarray(picked, dtype=np.int64), np.asarray(dist)
 
 
 def select(strategy: str, k: int, *, proba: np.ndarray | None = None, features: np.ndarray | None = None,
-           labelled_features: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+           labelled_features: np.ndarray | None = None, n: int | None = None,
+           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rank the pool and return ``(indices of the k most useful rows, most useful first; their scores)``.
 
     Uncertainty strategies need ``proba`` (the model's probabilities on the pool); ``coreset`` needs the
-    pool's ``features`` and the ``labelled_features``; ``random`` needs nothing (its scores are NaN).
+    pool's ``features`` and the ``labelled_features``; ``random`` needs only the pool size ``n`` (or
+    either array) and its scores are NaN.
     """
     strategy = check_strategy(strategy)
-    n = len(proba) if proba is not None else (len(features) if features is not None else None)
+    if n is None:
+        n = len(proba) if proba is not None else (len(features) if features is not None else None)
     if n is None:
         raise ConfigError(f"strategy {strategy}: give the pool's probabilities or features")
     k = min(int(k), n)
@@ -159,13 +160,18 @@ def _standardise(X: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- shared plumbing
-def _feature_pipeline(method: str, seed: int, n_jobs: int | None, max_pixels: int | None):
-    from ..models import build_model, parse_spec
+def _check_method(method: str) -> None:
+    from ..models import parse_spec
 
-    spec = parse_spec(method)
-    if spec.kind != "features":
+    if parse_spec(method).kind != "features":
         raise ConfigError(f"--method {method}: active learning refits the classifier on fixed features; use a "
                           "FEATURES+CLASSIFIER method such as lite0+logreg or hog+logreg")
+
+
+def _feature_pipeline(method: str, seed: int, n_jobs: int | None, max_pixels: int | None):
+    from ..models import build_model
+
+    _check_method(method)
     return build_model(method, seed=seed, n_jobs=n_jobs, max_pixels=max_pixels)
 
 
@@ -190,8 +196,14 @@ def _check_two_classes(y: np.ndarray, classes: list[str], where: str) -> None:
                         f"(found: {have}); label more images")
 
 
-def _fit(model, F: np.ndarray, y: np.ndarray):
-    return model.fit_features(F, y)
+def _one_thread():
+    """Limit BLAS/OpenMP to one thread. The simulation's fits are small (hundreds of rows): with two
+    threads on a busy 2-core machine one lbfgs fit of 500 x 1280 took 5.8 s instead of 0.15 s, all of
+    it threads waiting for each other. Entered per round, so that libraries loaded by the first fit
+    (scipy's own OpenBLAS) are limited too."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
 
 
 def _name(src: Any, i: int) -> str:
@@ -329,7 +341,7 @@ def suggest(data: ImageDataset | str | os.PathLike, pool: ImageDataset | str | o
     if int(budget) < 1:
         raise ConfigError(f"--budget {budget}: must be at least 1 (how many images to label next)")
     budget = int(budget)
-    model = _feature_pipeline(method, seed, n_jobs, max_pixels)
+    _check_method(method)  # every cheap check before the model (and torch, for deep features) is built
     ds = _as_dataset(data, task)
     lab = np.flatnonzero(ds.labelled_mask)
     _check_two_classes(ds.targets[lab], ds.classes, f"DATA {ds.name}")
@@ -346,6 +358,7 @@ def suggest(data: ImageDataset | str | os.PathLike, pool: ImageDataset | str | o
         raise ConfigError(f"--budget {budget}: the pool {pool_name} holds only {len(kept)} images; lower "
                           f"--budget to at most {len(kept)} or add images to the pool")
 
+    model = _feature_pipeline(method, seed, n_jobs, max_pixels)
     lab_sources = [ds.sources[i] for i in lab]
     sources = lab_sources + kept
     log(f"{method}: features of {len(lab_sources)} labelled and {len(kept)} pool images")
@@ -364,9 +377,9 @@ def suggest(data: ImageDataset | str | os.PathLike, pool: ImageDataset | str | o
                      "could not be read")
 
     model.classes_, model.task_, model.taxonomy_ = list(ds.classes), ds.task, ds.taxonomy
-    _fit(model, F_l, y_l)
+    model.fit_features(F_l, y_l)
     P = model.predict_proba_features(F_p)
-    Z = _standardise(np.vstack([F_l, F_p])) if strategy == "coreset" else None
+    Z = _standardise(np.vstack([F_l, F_p])) if strategy in GEOMETRIC else None
     idx, scores = select(strategy, budget, proba=P, features=None if Z is None else Z[len(F_l):],
                          labelled_features=None if Z is None else Z[:len(F_l)], seed=seed)
     rows = []
@@ -592,7 +605,7 @@ def simulate(data: ImageDataset | str | os.PathLike,
     seed_list = list(range(int(seeds))) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     if not seed_list:
         raise ConfigError("--seeds: give at least one seed")
-    model = _feature_pipeline(method, seed_list[0], n_jobs, max_pixels)
+    _check_method(method)
     ds = _as_dataset(data, task)
     train_idx, vds = _split_for_simulation(ds, val, task)
     train_idx = train_idx[ds.targets[train_idx] >= 0]
@@ -603,6 +616,7 @@ def simulate(data: ImageDataset | str | os.PathLike,
                           f"the training split of {ds.name} has only {len(train_idx)} images; lower them")
 
     t0 = time.perf_counter()
+    model = _feature_pipeline(method, seed_list[0], n_jobs, max_pixels)
     tr_sources = [ds.sources[i] for i in train_idx]
     model.fit_extractor(tr_sources)
     feats = model.features(tr_sources + list(vds.sources), "features (train + val)")
@@ -621,7 +635,7 @@ def simulate(data: ImageDataset | str | os.PathLike,
         raise ConfigError(f"only {len(F)} training images could be read, fewer than the {need} labels the schedule "
                           "needs; lower --initial, --rounds or --per-round")
     timings = {"features_s": time.perf_counter() - t0}
-    Z = _standardise(F) if "coreset" in names else None
+    Z = _standardise(F) if any(s in GEOMETRIC for s in names) else None
     model.classes_, model.task_, model.taxonomy_ = list(ds.classes), ds.task, ds.taxonomy
     if model.task_ == "hierarchical":
         model.task_ = "multiclass"  # flat over the leaves: the simulation scores leaf accuracy
@@ -644,17 +658,20 @@ def simulate(data: ImageDataset | str | os.PathLike,
                 labelled[start] = True
                 curve = []
                 for r in range(rounds + 1):
-                    lab = np.flatnonzero(labelled)
-                    _fit(model, F[lab], y[lab])
-                    curve.append(float((model.predict_proba_features(F_val).argmax(axis=1) == y_val).mean()))
-                    bar.advance(1)
-                    if r == rounds:
-                        break
-                    rest = np.flatnonzero(~labelled)
-                    P = model.predict_proba_features(F[rest]) if s in UNCERTAINTY else None
-                    picks, _ = select(s, per_round, proba=P, features=None if Z is None else Z[rest],
-                                      labelled_features=None if Z is None else Z[lab], seed=seed * 100_003 + r)
-                    labelled[rest[picks]] = True
+                    with _one_thread():
+                        lab = np.flatnonzero(labelled)
+                        model.fit_features(F[lab], y[lab])
+                        curve.append(float((model.predict_proba_features(F_val).argmax(axis=1) == y_val).mean()))
+                        bar.advance(1)
+                        if r == rounds:
+                            break
+                        rest = np.flatnonzero(~labelled)
+                        P = model.predict_proba_features(F[rest]) if s in UNCERTAINTY else None
+                        geo = s in GEOMETRIC
+                        picks, _ = select(s, per_round, proba=P, features=Z[rest] if geo else None,
+                                          labelled_features=Z[lab] if geo else None, n=len(rest),
+                                          seed=seed * 100_003 + r)
+                        labelled[rest[picks]] = True
                 curves[s].append(curve)
                 log(f"seed {seed} {s}: {curve[0]:.4f} -> {curve[-1]:.4f} at {n_labels[-1]} labels "
                     f"({time.perf_counter() - ts:.1f} s)")

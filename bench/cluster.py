@@ -1,0 +1,146 @@
+"""Clustering (issue 6): imgclass.learning.cluster against plain scikit-learn baselines in the same run.
+
+    .venv/bin/python bench/cluster.py [CIFAR_VAL] [--skip-cifar] [--skip-digits] [--seed N]
+
+* cifar10-12k val (2,000 images, 10 classes), lite0 embeddings (cached on disk), defaults
+  (L2 -> PCA 50 -> k-means, k=10). Target: ACC >= 0.70 and NMI >= 0.60. Baseline: k-means on the raw
+  32x32x3 pixels (literature: ~0.23 ACC). Also shown: the other k-needing algorithms on the same
+  features, and the named-clusters classifier (5 labelled images per class) next to lite0+logreg
+  trained on the same 50 labelled images.
+* scikit-learn digits written as PNGs to a temporary folder, HOG features, defaults, k-means k=10.
+  Target: ARI >= 0.60. Baseline: scikit-learn's own example (StandardScaler + k-means++, n_init=4,
+  on the raw 8x8 values; 0.48-0.56 ARI in its docs).
+
+Prints a table and saves bench/results/cluster.json with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _common import Timer, dataset_path, save, table
+
+import imgclass
+from imgclass.learning.cluster import cluster, clustering_metrics
+
+
+def _row(dataset: str, method: str, m: dict, seconds: float, **extra) -> dict:
+    return {"dataset": dataset, "method": method, "ACC": m.get("acc", float("nan")), "NMI": m.get("nmi", float("nan")),
+            "ARI": m.get("ari", float("nan")), "seconds": seconds, **extra}
+
+
+def _log(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def bench_cifar(root: Path, seed: int) -> tuple[list[dict], dict]:
+    from PIL import Image
+    from sklearn.cluster import KMeans
+
+    ds = imgclass.load_dataset(root)
+    rows = []
+    _log(f"cifar: lite0 embeddings of {len(ds)} images (cached on disk after the first run)")
+    with Timer() as t:
+        res = cluster(ds, features="lite0", algo="kmeans", k=10, seed=seed)
+    rows.append(_row("cifar10-12k val", "imgclass lite0 -> L2 -> PCA 50 -> kmeans (defaults)", res.metrics, t.s))
+    main = dict(res.metrics)
+    for algo in ("agglomerative", "spectral", "gmm", "birch", "minibatch-kmeans"):
+        with Timer() as ta:  # features come from the embedding cache now
+            r = cluster(ds, features="lite0", algo=algo, k=10, seed=seed)
+        rows.append(_row("cifar10-12k val", f"imgclass lite0 -> L2 -> PCA 50 -> {algo}", r.metrics, ta.s))
+
+    # named clusters: 5 labelled images per class name the clusters; scored on the other 1,950 images
+    rng = np.random.default_rng(seed)
+    y = ds.targets
+    few = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), 5, replace=False) for c in range(len(ds.classes))]))
+    rest = np.setdiff1d(np.arange(len(ds)), few)
+    model = res.name(ds.subset(few))
+    P = model.predict_proba([ds.sources[i] for i in rest])
+    named_acc = float((np.asarray(model.classes_)[P.argmax(1)] == np.asarray(ds.classes)[y[rest]]).mean())
+    base = imgclass.train(ds.subset(few), method="lite0+logreg", val=ds.subset(rest), calibrate=False)
+    Pb = base.predict_proba([ds.sources[i] for i in rest])
+    logreg_acc = float((np.asarray(base.classes_)[Pb.argmax(1)] == np.asarray(ds.classes)[y[rest]]).mean())
+    rows.append({"dataset": "cifar10-12k val", "method": "named clusters (5 labels/class) -> classifier, accuracy on the rest",
+                 "ACC": named_acc, "NMI": float("nan"), "ARI": float("nan"), "seconds": float("nan")})
+    rows.append({"dataset": "cifar10-12k val", "method": "baseline: lite0+logreg on the same 50 labelled images",
+                 "ACC": logreg_acc, "NMI": float("nan"), "ARI": float("nan"), "seconds": float("nan")})
+
+    # baseline: k-means on raw pixels
+    with Timer() as tb:
+        X = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).ravel() / 255.0 for p in ds.sources])
+        pred = KMeans(10, n_init=10, random_state=seed).fit_predict(X)
+    rows.append(_row("cifar10-12k val", "baseline: sklearn KMeans on raw 32x32x3 pixels", clustering_metrics(y, pred), tb.s))
+    extra = {"named_clusters_accuracy": named_acc, "logreg_50_labels_accuracy": logreg_acc,
+             "names": {str(c): n for c, n in res.names_.items()}, "named_by": {str(c): h for c, h in res.name_how_.items()}}
+    return rows, {"metrics": main, **extra}
+
+
+def bench_digits(seed: int) -> tuple[list[dict], dict]:
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import load_digits
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from imgclass.data.samples import write_digits
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_digits(Path(tmp) / "digits")
+        ds = imgclass.load_dataset(folder)
+        with Timer() as t:
+            res = cluster(ds, features="hog", algo="kmeans", k=10, seed=seed)
+        rows.append(_row("digits (PNG)", "imgclass hog -> L2 -> PCA 50 -> kmeans (defaults)", res.metrics, t.s))
+        main = dict(res.metrics)
+        with Timer() as t2:
+            r2 = cluster(ds, features="pixels", algo="kmeans", k=10, seed=seed)
+        rows.append(_row("digits (PNG)", "imgclass pixels -> L2 -> PCA 50 -> kmeans", r2.metrics, t2.s))
+        with Timer() as t3:
+            r3 = cluster(ds, features="hog", algo="kmeans", k="auto", seed=seed)
+        rows.append(_row("digits (PNG)", f"imgclass hog, k=auto by silhouette (chose k={r3.k})", r3.metrics, t3.s))
+    digits = load_digits()
+    with Timer() as tb:
+        pred = make_pipeline(StandardScaler(), KMeans(init="k-means++", n_clusters=10, n_init=4,
+                                                      random_state=seed)).fit(digits.data)[-1].labels_
+    rows.append(_row("digits (PNG)", "baseline: scikit-learn example (StandardScaler + k-means++, n_init=4)",
+                     clustering_metrics(digits.target, pred), tb.s))
+    return rows, {"metrics": main, "k_auto": r3.k}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cifar", nargs="?", help="cifar10-12k val folder (default ../shared/datasets/cifar10-12k/val)")
+    ap.add_argument("--skip-cifar", action="store_true")
+    ap.add_argument("--skip-digits", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    rows, result = [], {"command": "python bench/cluster.py " + " ".join(sys.argv[1:]), "seed": args.seed}
+    checks = []
+    if not args.skip_digits:
+        r, d = bench_digits(args.seed)
+        rows += r
+        result["digits"] = d
+        checks.append(("digits k-means ARI >= 0.60", d["metrics"]["ari"], d["metrics"]["ari"] >= 0.60))
+    if not args.skip_cifar:
+        root = dataset_path("cifar10-12k/val", args.cifar)
+        r, c = bench_cifar(root, args.seed)
+        rows += r
+        result["cifar"] = c
+        m = c["metrics"]
+        checks.append(("cifar10-12k val lite0 ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
+        checks.append(("cifar10-12k val lite0 NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
+    print(table(rows, ["method", "dataset", "ACC", "NMI", "ARI", "seconds"], "clustering: imgclass vs baselines"))
+    print()
+    for what, value, ok in checks:
+        print(f"{what}: {value:.4f} {'PASS' if ok else 'FAIL'}")
+    result["rows"] = rows
+    result["checks"] = [{"target": w, "value": v, "pass": ok} for w, v, ok in checks]
+    print(f"\nsaved {save('cluster', result)}")
+
+
+if __name__ == "__main__":
+    main()

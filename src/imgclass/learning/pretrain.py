@@ -1,0 +1,576 @@
+"""Self-supervised pretraining of a backbone on unlabelled images: SimCLR, BYOL and rotation prediction.
+
+``pretrain("photos/", method="simclr", backbone="smallcnn", out="runs/simclr")`` decodes the images
+once (class sub-folders, if any, are ignored), trains the backbone without labels and writes
+``runs/simclr/backbone.safetensors`` + ``backbone.json`` (architecture, input size, mean/std: timm's
+pretrained config travelling with the weights). The run directory is then a backbone name
+everywhere one is accepted: ``--method runs/simclr+logreg`` (linear probe on frozen features),
+``--method runs/simclr`` (fine-tuning), ``--features runs/simclr`` (clustering).
+
+- **simclr** (Chen et al. 2020): two augmented views per image, a 2-layer projection head and the
+  NT-Xent loss (each view must pick its partner among the 2B-1 others of the batch);
+- **byol** (Grill et al. 2020): an online network with a predictor regresses the projection of the
+  other view made by a target network, an EMA of the online one (no negatives);
+- **rotation** (Gidaris et al. 2018): predict which of 0/90/180/270 degrees an augmented image was
+  rotated by (one view per image: the cheapest).
+
+The features are taken before the heads (globally pooled backbone output).
+
+Why not Lightly: ``pip install lightly`` (1.6.0, checked with ``pip install --dry-run -c constraints.txt``)
+keeps the torch pin but pulls pytorch-lightning, torchmetrics, hydra-core, omegaconf and aiohttp for
+what is here about 60 lines (two losses, a projection head, batch augmentations); so they are written
+by hand.
+
+Speed tricks for small CPUs, each named where it is used:
+
+- **decode once** into a uint8 tensor (``decode_to_tensor``), as the training engine does;
+- **augment whole batches on tensors**: one ``affine_grid``/``grid_sample`` does the random resized
+  crop *and* the flip of every image of the batch, colour jitter and grayscale are per-image factors
+  broadcast over the batch (torchvision's v2 transforms draw one set of parameters per call, i.e. per
+  batch, so per-image parameters are drawn here);
+- **both views in one forward pass** (a batch of 2B), channels-last (set by the engine);
+- **smaller views** (``view_size``): training on crops smaller than the probe size costs less per
+  image, and random resized crops make objects look larger than at test time anyway (FixRes).
+
+There is one training loop (DESIGN.md): ``SelfSupervisedTrainer`` is the engine's ``Trainer`` with
+only the objective replaced (``_train_epoch``: views → loss) and no validation score. The optimiser,
+warmup + cosine schedule, EMA (BYOL's target network), atomic weights-only checkpoints with RNG states,
+exact resume, the progress bar with rate and ETA, and the epoch log are the engine's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._util import atomic_write_bytes, atomic_write_json
+from ..errors import ConfigError, DataError
+from ..training.engine import TrainData, Trainer
+
+METHODS = ("simclr", "byol", "rotation")
+
+#: per method, what differs from ``PretrainConfig``'s defaults
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "simclr": {},
+    "byol": {"lr": 1e-3},
+    "rotation": {"crop_scale": 0.5},
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Every option of a pretraining run (stored in the run's ``config.yaml``)."""
+
+    method: str = "simclr"
+    backbone: str = "smallcnn"  # NAME (random init), NAME@imagenet, or a pretrained folder (its weights)
+    epochs: int = 20
+    batch_size: int = 256
+    img_size: int | None = None  # decoded size, stored as the input size in backbone.json (default: the backbone's)
+    view_size: int | None = None  # side of the augmented views (default: 3/4 of img_size, a multiple of 4)
+    lr: float | None = None  # None: per optimiser (AdamW 2e-3)
+    optimizer: str = "adamw"
+    weight_decay: float | None = None  # None: the engine's default (0.05 decoupled for AdamW)
+    warmup: float = 0.05  # fraction of the steps
+    grad_clip: float | None = None
+    temperature: float = 0.2  # simclr
+    proj_dim: int = 128  # simclr, byol
+    hidden_dim: int = 512  # heads' hidden layer
+    tau: float = 0.99  # byol: EMA decay of the target network, raised to 1 along a cosine
+    crop_scale: float = 0.2  # smallest area fraction of a random resized crop
+    jitter: float = 0.4  # brightness/contrast/saturation strength (hue: a quarter of it)
+    p_jitter: float = 0.8
+    p_gray: float = 0.2
+    hflip: bool = True
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("--epochs must be at least 1 and --batch-size at least 2")
+        for name in ("img_size", "view_size"):
+            v = getattr(self, name)
+            if v is not None and not 8 <= v <= 1024:
+                raise ConfigError(f"--{name.replace('_', '-')} {v}: give a size between 8 and 1024 pixels")
+        if not 0 < self.crop_scale <= 1:
+            raise ConfigError(f"crop_scale {self.crop_scale}: give a fraction of the image area in (0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"--temperature {self.temperature}: must be positive")
+        self.train_config()  # validates optimizer, lr and the rest the engine checks
+
+    @classmethod
+    def for_method(cls, method: str = "simclr", **options: Any) -> PretrainConfig:
+        """The config for ``method`` with its defaults, overridden by ``options`` (``None`` = default)."""
+        if method not in METHODS:
+            raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown pretraining options {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**{**METHOD_DEFAULTS[method], **{k: v for k, v in options.items() if v is not None},
+                      "method": method})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def train_config(self):
+        """The engine's ``TrainConfig`` for this run: warmup + cosine, no labels-only features."""
+        from ..training.engine import TrainConfig
+
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                           schedule="cosine", warmup=self.warmup, weight_decay=self.weight_decay,
+                           label_smoothing=0.0, augment="none", head_epochs=0, grad_clip=self.grad_clip,
+                           ema=self.tau if self.method == "byol" else 0.0, hflip=self.hflip, tta=False,
+                           threads=self.threads, seed=self.seed)
+
+
+# --------------------------------------------------------------------------- augmentation
+class ViewAugment:
+    """Random views of a uint8 batch ``(b, 3, h, w)`` → float ``(b, 3, size, size)`` in [0, 255]: random
+    resized crop (area ``crop_scale``-1, aspect 3/4-4/3) and horizontal flip, colour jitter with
+    probability ``p_jitter`` (brightness, contrast, saturation, hue) and grayscale with ``p_gray`` —
+    SimCLR's CIFAR recipe (no blur at small sizes). Every image gets its own parameters, drawn from
+    ``generator``."""
+
+    def __init__(self, generator, size: int, crop_scale: float = 0.2, jitter: float = 0.4, p_jitter: float = 0.8,
+                 p_gray: float = 0.2, hflip: bool = True):
+        self.g, self.size, self.crop_scale, self.jitter = generator, size, crop_scale, jitter
+        self.p_jitter, self.p_gray, self.hflip = p_jitter, p_gray, hflip
+
+    def _u(self, b: int, lo: float, hi: float):
+        import torch
+
+        return torch.rand(b, generator=self.g) * (hi - lo) + lo
+
+    def __call__(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        b = len(x)
+        # random resized crop + flip as one affine sampling grid per image (bilinear, reflection at borders)
+        area = self._u(b, self.crop_scale, 1.0)
+        ratio = torch.exp(self._u(b, math.log(3 / 4), math.log(4 / 3)))
+        w = torch.sqrt(area * ratio).clamp(max=1.0)
+        h = torch.sqrt(area / ratio).clamp(max=1.0)
+        cx = (torch.rand(b, generator=self.g) * 2 - 1) * (1 - w)
+        cy = (torch.rand(b, generator=self.g) * 2 - 1) * (1 - h)
+        flip = torch.rand(b, generator=self.g) < 0.5 if self.hflip else torch.zeros(b, dtype=torch.bool)
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0] = torch.where(flip, -w, w)
+        theta[:, 0, 2] = cx
+        theta[:, 1, 1] = h
+        theta[:, 1, 2] = cy
+        grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        # colour jitter (torchvision's ColorJitter maths, one draw per image, identity where not applied)
+        on = (torch.rand(b, generator=self.g) < self.p_jitter).view(b, 1, 1, 1)
+        s = self.jitter
+
+        def factor(strength):
+            return torch.where(on, self._u(b, 1 - strength, 1 + strength).view(b, 1, 1, 1), torch.ones(()))
+
+        out = (out * factor(s)).clamp_(0, 255)
+        mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
+        out = ((out - mean) * factor(s) + mean).clamp_(0, 255)
+        gray = _gray(out)
+        out = ((out - gray) * factor(s) + gray).clamp_(0, 255)
+        angle = torch.where(on.view(b), self._u(b, -s / 4, s / 4), torch.zeros(())) * 2 * math.pi
+        out = _rotate_hue(out, angle).clamp_(0, 255)
+        to_gray = (torch.rand(b, generator=self.g) < self.p_gray).view(b, 1, 1, 1)
+        return torch.where(to_gray, _gray(out).expand_as(out), out)
+
+
+_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _gray(x):
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _rotate_hue(x, angle):
+    """Shift the hue of each image by ``angle`` radians: a rotation of the chroma plane in YIQ space
+    (one 3x3 matrix per image; no per-pixel HSV conversion)."""
+    import torch
+
+    T = torch.tensor(_YIQ)
+    c, s = torch.cos(angle), torch.sin(angle)
+    R = torch.zeros(len(angle), 3, 3)
+    R[:, 0, 0] = 1
+    R[:, 1, 1], R[:, 1, 2], R[:, 2, 1], R[:, 2, 2] = c, -s, s, c
+    M = torch.linalg.inv(T) @ R @ T
+    return torch.einsum("bij,bjhw->bihw", M, x)
+
+
+# --------------------------------------------------------------------------- losses and network
+def nt_xent(z1, z2, temperature: float = 0.2):
+    """SimCLR's NT-Xent loss: for each of the 2B views, cross-entropy of picking its partner among the
+    2B-1 other views by cosine similarity / ``temperature``."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def byol_loss(p, t):
+    """BYOL's loss: 2 - 2 cos(prediction, target projection), the target without gradient."""
+    import torch.nn.functional as F
+
+    return (2 - 2 * F.cosine_similarity(p, t.detach(), dim=-1)).mean()
+
+
+def _mlp(d_in: int, hidden: int, d_out: int):
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, d_out))
+
+
+def _ssl_net(backbone, cfg: PretrainConfig):
+    """backbone (pooled features) → head: projection (simclr, byol) or 4-way rotation classifier; BYOL
+    adds a predictor after the projection."""
+    import torch
+    from torch import nn
+
+    class SSLNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            d = backbone.num_features
+            self.backbone = backbone
+            self.head = _mlp(d, cfg.hidden_dim, 4 if cfg.method == "rotation" else cfg.proj_dim)
+            self.predictor = _mlp(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim) if cfg.method == "byol" else None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(x))
+
+        def get_classifier(self) -> nn.Module:  # what the engine calls the head
+            return self.head
+
+    return SSLNet()
+
+
+def default_view_size(img_size: int) -> int:
+    """Views at 3/4 of the input size (32 → 24): about half the cost per image, and objects in random
+    resized crops look larger than in the whole image at test time anyway (FixRes, Touvron et al. 2019).
+    Measured on CIFAR-10 12k with smallcnn: 24 px views train 2x faster than 32 px ones."""
+    return max(8, int(round(img_size * 0.75 / 4)) * 4)
+
+
+# --------------------------------------------------------------------------- the trainer
+class SelfSupervisedTrainer(Trainer):
+    """The engine's ``Trainer`` with a self-supervised objective (see the module docstring)."""
+
+    def __init__(self, net, x, cfg: PretrainConfig, mean, std, ckpt_dir=None, log=lambda m: None,
+                 on_epoch=None):
+        import torch
+
+        data = TrainData(x, torch.zeros(len(x), dtype=torch.long), [])  # no labels: a dummy target
+        super().__init__(net, data, None, cfg.train_config(), mean, std, ckpt_dir=ckpt_dir, log=log,
+                         on_epoch=on_epoch)
+        self.ssl = cfg
+        self.views = ViewAugment(self.g, cfg.view_size or default_view_size(x.shape[-1]), cfg.crop_scale,
+                                 cfg.jitter, cfg.p_jitter, cfg.p_gray, cfg.hflip)
+        self.total_steps = cfg.epochs * max(1, len(x) // cfg.batch_size)
+
+    def _score(self) -> dict[str, float]:
+        return {}  # no labels: nothing to validate on (the linear probe is the judge)
+
+    def _loss(self, xb):
+        import torch
+        import torch.nn.functional as F
+
+        net, b = self.model, len(xb)
+        if self.ssl.method == "rotation":
+            v = self.views(xb)
+            k = torch.randint(0, 4, (b,), generator=self.g)
+            for r in (1, 2, 3):
+                v[k == r] = torch.rot90(v[k == r], r, dims=(2, 3))
+            return F.cross_entropy(net(self._normalize(v)), k)
+        v = self._normalize(torch.cat([self.views(xb), self.views(xb)]))
+        z = net(v)
+        if self.ssl.method == "simclr":
+            return nt_xent(z[:b], z[b:], self.ssl.temperature)
+        p = net.predictor(z)
+        target = self.ema.model.train()  # BYOL's target network uses batch statistics like the online one
+        with torch.no_grad():
+            t = target(v)
+        return byol_loss(p[:b], t[b:]) + byol_loss(p[b:], t[:b])
+
+    def _train_epoch(self, bar) -> float:
+        torch = self.torch
+        cfg = self.cfg
+        self.model.train()
+        n = len(self.train.x)
+        order = torch.randperm(n, generator=self.g)
+        bs = min(cfg.batch_size, n)
+        total, count = 0.0, 0
+        for s in range(0, n - bs + 1, bs):  # drop the last partial batch: fewer negatives, noisier loss
+            idx = order[s:s + bs]
+            loss = self._loss(self.train.x[idx])
+            if not torch.isfinite(loss):
+                raise ConfigError(f"the {self.ssl.method} loss became {loss.item()} at epoch {self.epoch + 1}; "
+                                "lower --lr (or raise --temperature)")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            if self.ema is not None:  # BYOL: tau rises from its start to 1 along a cosine
+                step = self.sched.last_epoch
+                self.ema.decay = 1 - (1 - self.ssl.tau) * (math.cos(math.pi * min(1.0, step / self.total_steps)) + 1) / 2
+                self.ema.update(self.model)
+            total += loss.item() * len(idx)
+            count += len(idx)
+            bar.advance(len(idx))
+        bar.advance(n - count)
+        return total / max(count, 1)
+
+
+# --------------------------------------------------------------------------- backbone files
+def _check_backbone(name: str):
+    """``(base, source, pretrained folder or None)`` of a ``--backbone`` value, or a ``ConfigError``."""
+    from ..features.backbones import backbone_config, is_known_arch, pretrained_dir
+
+    base, _, source = name.partition("@")
+    run = pretrained_dir(base)
+    if source not in ("", "scratch", "imagenet", "hub") or (run is not None and source):
+        raise ConfigError(f"--backbone {name}: give NAME, NAME@imagenet or a pretrained folder (runs/NAME)")
+    if not is_known_arch(base):
+        backbone_config(base)  # raises the precise error (unknown name, missing or unfinished folder)
+    return base, source, run
+
+
+def init_backbone(name: str, seed: int = 0):
+    """The network to pretrain and its description: ``NAME`` (random init, seeded), ``NAME@imagenet``
+    (continue from pretrained weights) or a pretrained folder (continue from its weights).
+    Returns ``(net, arch, BackboneConfig)``; the same ``seed`` gives the same initial weights."""
+    import torch
+
+    from ..features.backbones import backbone_config, create_backbone, read_pretrained_dir, resolve_arch
+
+    base, source, run = _check_backbone(name)
+    cfg = backbone_config(base)
+    arch = read_pretrained_dir(run)["arch"] if run is not None else resolve_arch(base)
+    torch.manual_seed(seed)
+    pretrained = "imagenet" if run is not None else (source if source in ("imagenet", "hub") else None)
+    return create_backbone(base, pretrained=pretrained, num_classes=0), arch, cfg
+
+
+def save_backbone(folder: str | os.PathLike, net, arch: str, input_size: int, mean, std,
+                  interpolation: str = "bilinear", **info: Any) -> Path:
+    """Write ``backbone.safetensors`` and ``backbone.json`` (atomically) into ``folder``, which then works
+    as a backbone name; ``info`` (method, epochs, data, ...) is recorded in the JSON."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import save
+
+    from .. import __version__
+    from ..features.backbones import BACKBONE_FORMAT_VERSION, BACKBONE_JSON, BACKBONE_WEIGHTS
+
+    folder = Path(folder)
+    blob = save({k: v.detach().contiguous() for k, v in net.state_dict().items()})
+    atomic_write_bytes(folder / BACKBONE_WEIGHTS, blob)
+    meta = {"format": "imgclass-backbone", "format_version": BACKBONE_FORMAT_VERSION, "arch": arch,
+            "input_size": int(input_size), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "interpolation": interpolation, "num_features": int(getattr(net, "num_features", 0)),
+            "weights": BACKBONE_WEIGHTS, "weights_sha256": hashlib.sha256(blob).hexdigest(), **info,
+            "versions": {"imgclass": __version__, "torch": torch.__version__}}
+    atomic_write_json(folder / BACKBONE_JSON, meta)
+    return folder
+
+
+# --------------------------------------------------------------------------- the public function
+@dataclass
+class PretrainResult:
+    """What ``pretrain`` returns. ``backbone`` (the run directory) is usable as a backbone name."""
+
+    run_dir: Path
+    backbone: str
+    method: str
+    arch: str
+    img_size: int
+    n_images: int
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    resumed_from: int | None = None  # the epoch a resumed run continued after
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["train_loss"] for r in self.history]
+
+
+def pretrain(data: Any = None, method: str | None = None, backbone: str | None = None, *, epochs: int | None = None,
+             batch_size: int | None = None, img_size: int | None = None, out: str | os.PathLike | None = None,
+             resume: str | os.PathLike | None = None, seed: int | None = None, n_jobs: int | None = None,
+             max_pixels: int | None = None, log: Callable[[str], Any] = lambda m: None,
+             on_epoch: Callable[[dict], Any] | None = None, **options: Any) -> PretrainResult:
+    """Pretrain ``backbone`` (default ``smallcnn``) on the images of ``data`` (a folder, CSV, JSONL or
+    ``ImageDataset``; labels, if any, are ignored) with ``method`` (``simclr`` (default), ``byol``,
+    ``rotation``); write the run directory
+    ``out`` (default ``runs/<data>-<method>-<backbone>``) with ``config.yaml``, ``metrics.jsonl``,
+    ``log.txt``, ``checkpoints/last.pt``, ``plots/training_curves.png`` and the backbone files.
+
+    ``options`` are ``PretrainConfig`` fields (``lr``, ``temperature``, ``view_size``, ...). ``log``
+    receives progress lines; ``on_epoch`` each epoch's record once it is checkpointed and logged.
+    ``resume="runs/X"`` continues an interrupted run after its last finished epoch, with its stored
+    options (options given again must agree with them); a finished run is not trained again.
+    """
+    from ..data import ImageDataset, load_dataset
+    from ..training.run import RunDir
+
+    given = {"epochs": epochs, "batch_size": batch_size, "img_size": img_size, "seed": seed, **options}
+    if resume is not None:
+        return _resume(Path(resume), data, method, backbone, given, n_jobs, max_pixels, log, on_epoch)
+    if data is None:
+        raise ConfigError("pretrain: give DIR (a folder of images) or --resume RUN")
+    cfg = PretrainConfig.for_method(method or "simclr", backbone=backbone or "smallcnn", **given)
+    _check_backbone(cfg.backbone)  # a bad name fails before anything is written
+    ds = data if isinstance(data, ImageDataset) else load_dataset(data)
+    name = Path(os.fspath(data)).name if not isinstance(data, ImageDataset) else ds.name
+    run = RunDir.create(out, hint=f"{name}-{method}-{Path(cfg.backbone).name}")
+    run.write_config({"command": "pretrain", "data": os.path.abspath(data) if not isinstance(data, ImageDataset)
+                      else ds.name, "pretrain": cfg.to_dict(), "n_jobs": n_jobs, "max_pixels": max_pixels,
+                      "data_fingerprint": ds.fingerprint(), "platform": platform.platform()})
+    run.log(f"pretrain {cfg.backbone} with {cfg.method} on {len(ds)} images")
+    return _fit(run, ds, cfg, n_jobs=n_jobs, max_pixels=max_pixels, resume=False, log=log, on_epoch=on_epoch)
+
+
+def _resume(path: Path, data, method, backbone, given, n_jobs, max_pixels, log, on_epoch) -> PretrainResult:
+    import yaml
+
+    from ..data import load_dataset
+    from ..training.run import RunDir
+
+    cfg_file = path / "config.yaml"
+    if not path.is_dir():
+        raise ConfigError(f"--resume {path}: no such run directory; give the --out folder of an earlier "
+                          "'imgclass pretrain'")
+    if not cfg_file.is_file():
+        raise ConfigError(f"--resume {path}: no config.yaml there; give the --out folder of an earlier 'imgclass pretrain'")
+    stored = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    if stored.get("command") != "pretrain" or "pretrain" not in stored:
+        raise ConfigError(f"--resume {path}: not an 'imgclass pretrain' run (a training run resumes with "
+                          "'imgclass train --resume')")
+    cfg = PretrainConfig.from_dict(stored["pretrain"])
+    asked = {"method": method, "backbone": backbone, **given}
+    clash = [f"--{k.replace('_', '-')} {v} (the run has {getattr(cfg, k)})" for k, v in asked.items()
+             if v is not None and hasattr(cfg, k) and getattr(cfg, k) != v]
+    if data is not None and os.path.abspath(os.fspath(data)) != stored.get("data"):
+        clash.append(f"DIR {data} (the run has {stored.get('data')})")
+    if clash:
+        raise ConfigError(f"--resume {path} continues with the run's own options; drop {', '.join(clash)} "
+                          "(or start a new run with --out)")
+    ds = load_dataset(stored["data"])
+    if stored.get("data_fingerprint") and ds.fingerprint() != stored["data_fingerprint"]:
+        log(f"warning: the images in {stored['data']} changed since the run started; continuing on the current ones")
+    run = RunDir(path)
+    run.log("resume")
+    return _fit(run, ds, cfg, n_jobs=n_jobs if n_jobs is not None else stored.get("n_jobs"),
+                max_pixels=max_pixels if max_pixels is not None else stored.get("max_pixels"), resume=True, log=log,
+                on_epoch=on_epoch)
+
+
+def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log, on_epoch=None) -> PretrainResult:
+    import torch
+
+    from ..data.decode import DEFAULT_MAX_PIXELS
+    from ..features import decode_to_tensor
+    from ..transforms import Preprocess
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    net, arch, bcfg = init_backbone(cfg.backbone, cfg.seed)
+    size = int(cfg.img_size or bcfg.input_size)
+    pre = Preprocess(size=size, resize="crop", interpolation=bcfg.interpolation, mean=bcfg.mean, std=bcfg.std)
+    x, _, skipped = decode_to_tensor(ds.sources, pre, n_jobs=n_jobs, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                                     description="decode")
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable images")
+        run.log(f"skipped {len(skipped)} unreadable images: " + "; ".join(f"{p}: {r}" for p, r in skipped[:50]))
+    if len(x) < 2:
+        raise DataError(f"{ds.name}: fewer than two readable images; self-supervised pretraining needs many")
+
+    def record(rec):
+        run.log_metrics({"split": "train", **rec})
+        run.log(f"epoch {rec['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float)))
+        if on_epoch is not None:
+            on_epoch(rec)
+
+    ckpt = run.path / "checkpoints"
+    trainer = SelfSupervisedTrainer(_ssl_net(net, cfg), x, cfg, bcfg.mean, bcfg.std, ckpt_dir=ckpt, log=log,
+                               on_epoch=record)
+    resumed_from = None
+    if resume:
+        if (ckpt / "last.pt").exists():
+            trainer.load_checkpoint(ckpt / "last.pt")
+            resumed_from = trainer.epoch
+            log(f"resumed from {ckpt / 'last.pt'} after epoch {trainer.epoch}"
+                + (" (finished: nothing to train)" if trainer.epoch >= cfg.epochs else ""))
+        else:
+            log(f"no checkpoint in {ckpt} yet: starting from epoch 1")
+    trainer.fit()
+    model = trainer.model.to(memory_format=torch.contiguous_format)
+    save_backbone(run.path, model.backbone, arch, size, bcfg.mean, bcfg.std, bcfg.interpolation,
+                  method=cfg.method, epochs=trainer.epoch, images=len(x), data=ds.name,
+                  data_fingerprint=ds.fingerprint(), config=cfg.to_dict())
+    _plot_losses(run, trainer.history, f"{cfg.method} pretraining of {arch} on {ds.name}")
+    run.log(f"saved backbone to {run.path} ({arch}, {size} px)")
+    return PretrainResult(run_dir=run.path, backbone=str(run.path), method=cfg.method, arch=arch, img_size=size,
+                          n_images=len(x), epochs=trainer.epoch, history=list(trainer.history), skipped=skipped,
+                          resumed_from=resumed_from)
+
+
+def _plot_losses(run, history: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([r["epoch"] for r in history], [r["train_loss"] for r in history], marker="o", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(run.plots_dir / "training_curves.png", buf.getvalue())
+
+
+def read_backbone_info(folder: str | os.PathLike) -> dict[str, Any]:
+    """``backbone.json`` of a pretrained folder (architecture, input size, mean/std, method, epochs, ...)."""
+    from ..features.backbones import read_pretrained_dir
+
+    info = read_pretrained_dir(folder)
+    return json.loads(json.dumps(info))  # tuples → lists: plain JSON data
+
+
+__all__ = ["METHODS", "PretrainConfig", "PretrainResult", "ViewAugment", "byol_loss", "init_backbone", "nt_xent",
+           "pretrain", "read_backbone_info", "save_backbone"]

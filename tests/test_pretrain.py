@@ -1,0 +1,244 @@
+"""Self-supervised pretraining (``imgclass pretrain``): the three objectives, checkpoints and exact resume,
+the run directory as a backbone name (linear probe, fine-tuning, caches kept apart), the batch
+augmentations and losses, and the CLI's one-line errors. Tiny generated images and smallcnn at 16 px."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_colour_dataset
+from safetensors.torch import load_file
+
+import imgclass
+from imgclass.cli import main
+from imgclass.errors import ConfigError
+from imgclass.features.backbones import backbone_config
+from imgclass.learning.pretrain import ViewAugment, init_backbone, nt_xent, pretrain, save_backbone
+from imgclass.models import parse_spec
+
+FAST = {"epochs": 2, "batch_size": 12, "img_size": 16}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: faster for these tiny tensors (and immune to a busy machine); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _weights(folder) -> dict:
+    return load_file(str(Path(folder) / "backbone.safetensors"))
+
+
+def _epochs(run) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def simclr(tmp_path_factory):
+    """One 3-epoch SimCLR run (shared read-only); the folders have capitals to check that case is kept."""
+    base = tmp_path_factory.mktemp("pretrain")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLASS_JOBS", "1")
+        mp.setenv("IMGCLASS_PROGRESS", "0")
+        torch.set_num_threads(1)
+        data = write_colour_dataset(base / "Colours", n_per_class=8, size=20)
+        res = pretrain(data, method="simclr", backbone="smallcnn", out=base / "SimCLR-Run", epochs=3, batch_size=24,
+                       img_size=16)
+        torch.set_num_threads(threads)
+    return {"data": data, "run": base / "SimCLR-Run", "res": res}
+
+
+# --------------------------------------------------------------------------- building blocks
+def test_views_are_seeded_in_range_and_differ_per_image():
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    a = ViewAugment(torch.Generator().manual_seed(1), 12)(x)
+    b = ViewAugment(torch.Generator().manual_seed(1), 12)(x)
+    assert a.shape == (8, 3, 12, 12) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert float(a.min()) >= 0 and float(a.max()) <= 255
+    # one image repeated: every copy gets its own crop and colours
+    same = ViewAugment(torch.Generator().manual_seed(2), 16)(x[:1].repeat(8, 1, 1, 1))
+    assert all(not torch.allclose(same[0], same[i]) for i in range(1, 8))
+    gray = ViewAugment(torch.Generator().manual_seed(3), 16, p_gray=1.0)(x)
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    # no colour change and whole-image crops of a flat image leave it as it was
+    flat = torch.full((4, 3, 16, 16), 90, dtype=torch.uint8)
+    out = ViewAugment(torch.Generator().manual_seed(4), 16, crop_scale=1.0, p_jitter=0.0, p_gray=0.0)(flat)
+    assert torch.allclose(out, flat.float(), atol=1e-3)
+
+
+def test_nt_xent_matches_the_definition_and_rewards_matching_pairs():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    losses = []
+    for i in range(10):
+        j = (i + 5) % 10
+        logits = torch.tensor([float(z[i] @ z[k]) / 0.5 for k in range(10) if k != i])
+        pos = [k for k in range(10) if k != i].index(j)
+        losses.append(-(logits[pos] - torch.logsumexp(logits, 0)))
+    assert float(nt_xent(z1, z2, 0.5)) == pytest.approx(float(torch.stack(losses).mean()), rel=1e-5)
+    aligned = torch.eye(5, 8)
+    assert float(nt_xent(aligned, aligned, 0.5)) < float(nt_xent(z1, z2, 0.5))
+
+
+# --------------------------------------------------------------------------- runs
+def test_simclr_run_trains_and_writes_checkpoints_backbone_and_logs(simclr):
+    run, res = simclr["run"], simclr["res"]
+    assert res.epochs == 3 and len(res.losses) == 3 and all(np.isfinite(res.losses))
+    assert res.losses[2] < res.losses[1] < res.losses[0]
+    assert _epochs(run) == [1, 2, 3] and (run / "plots" / "training_curves.png").exists()
+    st = torch.load(str(run / "checkpoints" / "last.pt"), map_location="cpu", weights_only=True)
+    assert st["epoch"] == 3 and "optimizer" in st and "rng" in st
+    info = json.loads((run / "backbone.json").read_text())
+    assert (info["arch"], info["input_size"], info["method"], info["epochs"]) == ("smallcnn", 16, "simclr", 3)
+    assert info["images"] == 24 and len(info["mean"]) == 3
+    trained = _weights(run)
+    start = init_backbone("smallcnn", seed=0)[0].state_dict()  # the weights the run started from
+    assert set(trained) == set(start)
+    changed = [k for k in start if start[k].is_floating_point() and not torch.allclose(start[k], trained[k])]
+    assert len(changed) > len(start) // 2
+
+
+@pytest.mark.parametrize("method", ["byol", "rotation"])
+def test_byol_and_rotation_train_the_backbone(tmp_path, method):
+    data = write_colour_dataset(tmp_path / "data", n_per_class=8, size=16)
+    res = pretrain(data, method=method, out=tmp_path / "run", **FAST)
+    assert len(res.losses) == 2 and all(np.isfinite(res.losses))
+    start = init_backbone("smallcnn", seed=0)[0].state_dict()
+    trained = _weights(tmp_path / "run")
+    assert not torch.allclose(start["stem.0.weight"], trained["stem.0.weight"])
+    st = torch.load(str(tmp_path / "run" / "checkpoints" / "last.pt"), weights_only=True)
+    assert (st["ema"] is not None) == (method == "byol")  # BYOL's target network is checkpointed too
+
+
+def test_resume_continues_after_the_last_finished_epoch_exactly(tmp_path):
+    data = write_colour_dataset(tmp_path / "data", n_per_class=8, size=16, seed=5)
+    opts = {**FAST, "epochs": 3}
+    ref = pretrain(data, out=tmp_path / "ref", **opts)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_1(rec):
+        if rec["epoch"] == 1:
+            raise Killed
+
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        pretrain(data, out=run, on_epoch=kill_after_epoch_1, **opts)
+    assert torch.load(str(run / "checkpoints" / "last.pt"), weights_only=True)["epoch"] == 1
+    assert not (run / "backbone.json").exists()
+    with pytest.raises(ConfigError, match="has not finished.*--resume"):
+        parse_spec(f"{run}+logreg")
+    with pytest.raises(ConfigError, match="own options"):
+        pretrain(resume=run, epochs=5)
+    lines: list[str] = []
+    res = pretrain(resume=run, log=lines.append)
+    assert res.resumed_from == 1 and any("after epoch 1" in m for m in lines)
+    assert [r["epoch"] for r in res.history] == [1, 2, 3] and _epochs(run) == [1, 2, 3]  # epoch 1 not redone
+    assert res.losses == pytest.approx(ref.losses, rel=1e-4)
+    a, b = _weights(run), _weights(tmp_path / "ref")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    # a finished run is not trained again
+    again = pretrain(resume=run)
+    assert again.resumed_from == 3 and again.epochs == 3 and _epochs(run) == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- the run directory as a backbone
+def test_run_dir_is_a_backbone_for_a_linear_probe(simclr, tmp_path):
+    run = simclr["run"]
+    spec = parse_spec(f"{run}+logreg")
+    assert spec.kind == "features" and spec.features == (str(run.resolve()),)  # capitals kept, absolute
+    model = imgclass.train(simclr["data"], method=f"{run}+logreg", val_split=0.25)
+    assert model.meta_["metrics"]["val"]["accuracy"] >= 0.9  # colours are easy
+    imgs = sorted(str(p) for p in (simclr["data"] / "green").iterdir())[:3]
+    assert [p.label for p in model.predict(imgs)] == ["green"] * 3
+    model.save(tmp_path / "probe")
+    loaded = imgclass.load_model(tmp_path / "probe")
+    assert np.allclose(loaded.predict_proba(imgs), model.predict_proba(imgs), atol=1e-5)
+
+
+def test_two_pretrained_folders_never_share_cached_features(simclr, tmp_path):
+    from imgclass.features import extract_features, make_extractor
+    from imgclass.transforms import Preprocess
+
+    other = tmp_path / "other"
+    net, arch, cfg = init_backbone("smallcnn", seed=1)
+    save_backbone(other, net.eval(), arch, 16, cfg.mean, cfg.std, method="simclr")
+    run = simclr["run"]
+    assert backbone_config(str(run)).arch != backbone_config(str(other)).arch  # the ONNX/embedding cache key
+    assert backbone_config(str(run)).input_size == 16
+    imgs = sorted(str(p) for p in (simclr["data"] / "red").iterdir())[:4]
+    feats = []
+    for folder in (run, other):
+        ex = make_extractor([str(folder)])
+        feats.append(extract_features(ex, imgs, Preprocess.from_dict(ex.preprocess_defaults())).X)
+    assert feats[0].shape == (4, 384) and not np.allclose(feats[0], feats[1])
+
+
+def test_fine_tuning_from_the_run_dir_starts_from_its_weights_and_bundles_alone(simclr, tmp_path):
+    run = simclr["run"]
+    spec = parse_spec(str(run))
+    assert (spec.kind, spec.backbone) == ("deep", "smallcnn") and spec.pretrained.endswith("backbone.safetensors")
+    # one epoch = the head-only epoch of a pretrained backbone: the backbone must still be the pretrained one
+    model = imgclass.train(simclr["data"], method=str(run), out=tmp_path / "ft", img_size=16, val_split=0.25,
+                           train_config={"epochs": 1, "batch_size": 8})
+    sd = model.model_.state_dict()
+    pre = _weights(run)
+    assert all(torch.allclose(sd[k].float(), pre[k].float()) for k in pre)
+    meta = json.loads((tmp_path / "ft" / "model" / "model.json").read_text())
+    assert meta["backbone"] == "smallcnn" and meta["method"] == str(run)
+    # the bundle holds every weight: it loads and predicts with the pretraining folder gone
+    img = str(sorted((simclr["data"] / "red").iterdir())[0])
+    moved = run.with_name("moved-away")
+    run.rename(moved)
+    try:
+        loaded = imgclass.load_model(tmp_path / "ft" / "model")
+        assert np.allclose(loaded.predict_proba([img]), model.predict_proba([img]), atol=1e-5)
+    finally:
+        moved.rename(run)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_pretrains_resumes_a_finished_run_without_training_and_prints_json(tmp_path, capsys):
+    data = write_colour_dataset(tmp_path / "data", n_per_class=6, size=16)
+    run = tmp_path / "run"
+    args = ["--epochs", "1", "--batch-size", "12", "--img-size", "16"]
+    assert main(["pretrain", str(data), "--method", "rotation", *args, "--out", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["method"], out["arch"], out["epochs"], out["images"]) == ("rotation", "smallcnn", 1, 18)
+    assert out["backbone"] == str(run) and (run / "backbone.safetensors").exists()
+    assert main(["pretrain", "--resume", str(run), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["resumed_after"] == 1 and again["epochs"] == 1 and _epochs(run) == [1]
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    assert f"backbone: {run} (smallcnn, 16 px)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["empty", "method", "resume", "spec", "backbone", "not_pretrain"])
+def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    data = write_colour_dataset(tmp_path / "data", n_per_class=2, size=16)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "train_run").mkdir()
+    (tmp_path / "train_run" / "config.yaml").write_text("method: smallcnn\n")
+    argv, expected = {
+        "empty": (["pretrain", str(tmp_path / "empty")], "no images found"),
+        "method": (["pretrain", str(data), "--method", "moco"], "choose one of simclr, byol, rotation"),
+        "resume": (["pretrain", "--resume", str(tmp_path / "missing")], "no such run directory"),
+        "spec": (["train", str(data), "--method", f"{tmp_path / 'missing'}+logreg"], "no such folder"),
+        "backbone": (["pretrain", str(data), "--backbone", str(tmp_path / "empty")], "not a pretrained backbone"),
+        "not_pretrain": (["pretrain", "--resume", str(tmp_path / "train_run")], "not an 'imgclass pretrain' run"),
+    }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imgclass: error:") and expected in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()  # refused before any run directory is made
