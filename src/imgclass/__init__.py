@@ -25,6 +25,8 @@ _API = {
     "cv": "imgclass.api",
     "robustness": "imgclass.api",
     "explain": "imgclass.api",
+    "cluster": "imgclass.learning.cluster",
+    "ClusterResult": "imgclass.learning.cluster",
     "load_model": "imgclass.models",
     "FeaturePipeline": "imgclass.models",
     "Preprocess": "imgclass.transforms",

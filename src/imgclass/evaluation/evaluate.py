@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
 from ..data import ImageDataset
 from ..errors import DataError
 from ..tasks import headline, metrics
@@ -275,12 +275,7 @@ class Evaluation:
         return cache[name]
 
     def _png(self, fig) -> bytes:
-        import matplotlib.pyplot as plt
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(fig)
 
     def plot_confusion(self, path: str | os.PathLike, normalize: bool = False) -> Path:
         if "confusion" not in self.metrics:

@@ -17,7 +17,6 @@ label), and the log-probability of a taxonomy node for hierarchical ones, so a f
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_bytes
+from .._util import atomic_write_bytes, figure_png
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..errors import ConfigError
 
@@ -81,13 +80,7 @@ class Explanation:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the input and the overlay side by side as a PNG (atomically)."""
-        import matplotlib.pyplot as plt
-
-        fig = self.figure()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, figure_png(self.figure()))
         return Path(path)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_bytes, atomic_write_json, progress_bar
+from .._util import atomic_write_bytes, atomic_write_json, figure_png, progress_bar
 from ..data import ImageDataset
 from ..errors import ConfigError, DataError, ImageLoadError
 
@@ -62,18 +62,12 @@ class RobustnessResult:
         return fig
 
     def write(self, folder: str | os.PathLike, title: str = "robustness") -> dict[str, Path]:
-        import io
 
-        import matplotlib.pyplot as plt
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "robustness.json", self.to_dict())
-        buf = io.BytesIO()
-        fig = self.figure(title)
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        atomic_write_bytes(folder / "robustness.png", buf.getvalue())
+        atomic_write_bytes(folder / "robustness.png", figure_png(self.figure(title)))
         return {"json": folder / "robustness.json", "plot": folder / "robustness.png"}
 
 

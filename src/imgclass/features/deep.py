@@ -165,7 +165,7 @@ class DeepEmbedding(FeatureExtractor):
         """Export the backbone to ONNX (once; cached on disk) and return the file path."""
         if self._onnx_path and os.path.exists(self._onnx_path):
             return self._onnx_path
-        path = cache_dir() / "onnx" / f"{self._model_key()}.onnx"
+        path = cache_dir() / "onnx" / f"{self._model_key()}-{self.size}.onnx"  # the graph has a fixed input size
         if not path.exists():
             import torch
 

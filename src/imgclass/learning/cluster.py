@@ -20,7 +20,11 @@ labelled examples: a normal ``FeaturePipeline`` bundle (``imgclass predict`` loa
 Why L2 then PCA by default: both deep embeddings and histogram-like features (HOG, colour) compare
 by direction more than by length, and k-means in 50 PCA dimensions is fast and denoised. Measured
 (``bench/cluster.py``): k-means on HOG of the digits reaches ARI 0.73 this way (scikit-learn's
-example on raw scaled pixels: 0.47).
+example on raw scaled pixels: 0.47); on CIFAR-10 (2,000 validation images) k-means on lite0
+embeddings reaches ACC 0.48 / NMI 0.38 (raw pixels: 0.22 / 0.09). Whitening, other PCA sizes,
+ImageNet class probabilities, smaller input sizes and the other algorithms all stayed within
+0.40-0.50 ACC there: these ImageNet features separate CIFAR classes linearly (logistic regression:
+0.81) but not by distance (10-nearest-neighbour label purity 0.54).
 
 >>> from imgclass.learning.cluster import cluster                            # doctest: +SKIP
 >>> res = cluster("photos/", features="lite0", algo="kmeans", k="auto", out="runs/clusters")  # doctest: +SKIP

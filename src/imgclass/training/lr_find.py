@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._util import atomic_write_bytes
+from .._util import atomic_write_bytes, figure_png
 from ..data import ImageDataset
 from ..errors import ConfigError, DataError
 from .engine import TrainConfig, TrainData, Trainer
@@ -22,7 +22,6 @@ class LRFindResult:
     suggestion: float | None = None
 
     def plot(self, path: str | Path, title: str = "learning-rate range test") -> Path:
-        import io
 
         import matplotlib
 
@@ -39,10 +38,7 @@ class LRFindResult:
             ax.legend()
         ax.set_title(title)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, figure_png(fig))
         return Path(path)
 
 
