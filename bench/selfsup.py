@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,12 +31,19 @@ from _common import Timer, dataset_path, save, table
 TARGET_GAIN, TARGET_S = 0.10, 900
 
 
-def _run(cmd: list[str], env: dict) -> tuple[dict, float]:
+def _cpu_children() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _run(cmd: list[str], env: dict) -> tuple[dict, float, float]:
+    """Run ``cmd``; its JSON output, wall seconds and CPU seconds (with its worker processes)."""
+    cpu0 = _cpu_children()
     with Timer() as t:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout), t.s
+    return json.loads(proc.stdout), t.s, _cpu_children() - cpu0
 
 
 def _random_backbone(folder: Path, backbone: str, img_size: int | None, seed: int) -> None:
@@ -74,8 +82,8 @@ def main() -> None:
             if value is not None:
                 cmd += [flag, str(value)]
         print("$ " + " ".join(cmd), flush=True)
-        res, pretrain_s = _run(cmd, env)
-        print(f"  {res['epochs']} epochs on {res['images']} images in {pretrain_s:.0f} s; loss "
+        res, pretrain_s, pretrain_cpu = _run(cmd, env)
+        print(f"  {res['epochs']} epochs on {res['images']} images in {pretrain_s:.0f} s ({pretrain_cpu:.0f} CPU s); loss "
               f"{res['losses'][0]:.3f} -> {res['losses'][-1]:.3f}", flush=True)
         baseline = Path(tmp) / "random-init"
         _random_backbone(baseline, args.backbone, args.img_size, args.seed)
@@ -85,7 +93,7 @@ def main() -> None:
             probe = [exe, "train", str(root), "--method", f"{folder}+logreg", "--out", str(Path(tmp) / f"probe-{folder.name}"),
                      "--json"]
             print("$ " + " ".join(probe), flush=True)
-            out, secs = _run(probe, env)
+            out, secs, _ = _run(probe, env)
             commands[f"probe {folder.name}"] = probe
             rows.append({"backbone": label, "probe_accuracy": out["metrics"]["accuracy"],
                          "probe_macro_f1": out["metrics"]["macro_f1"], "probe_s": secs,
@@ -100,7 +108,8 @@ def main() -> None:
           f"(target <= {TARGET_S} s): {'PASS' if ok else 'FAIL'}"
           + (f"\nload average {load_before[0]:.1f} before, {load_after[0]:.1f} after: the CPU was shared, "
              "timings are pessimistic" if contended else ""))
-    save("selfsup", {"rows": rows, "gain": gain, "pretrain_s": pretrain_s, "pass": ok, "losses": res["losses"],
+    save("selfsup", {"rows": rows, "gain": gain, "pretrain_s": pretrain_s, "pretrain_cpu_s": pretrain_cpu, "pass": ok,
+                     "losses": res["losses"],
                      "commands": {k: " ".join(v) for k, v in commands.items()},
                      "command": ".venv/bin/python " + " ".join(sys.argv),
                      "load_average": {"before": load_before, "after": load_after}, "contended": contended,

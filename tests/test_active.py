@@ -114,13 +114,28 @@ def test_kcenter_greedy_is_farthest_first_and_updates_distances():
     assert idx2.tolist() == idx.tolist()
 
 
+def test_margin_kmeans_spreads_the_batch_over_clusters():
+    # rows 0-3: near-duplicates torn between classes 0 and 1 (the smallest margins); rows 4-5: torn between
+    # 1 and 2 elsewhere in feature space; rows 6-9: confident
+    P = np.array([[0.50, 0.50, 0.0]] * 4 + [[0.0, 0.45, 0.55]] * 2 + [[0.95, 0.05, 0.0]] * 4)
+    X = np.array([[0.0, 0.0], [0.01, 0.0], [0.0, 0.01], [0.01, 0.01], [5.0, 5.0], [5.0, 5.01],
+                  [9, 0], [9, 0.1], [0, 9], [0.1, 9]])
+    plain, _ = select("margin", 2, proba=P)
+    assert set(plain.tolist()) <= {0, 1, 2, 3}  # plain margin: two near-duplicates
+    idx, scores = select("margin-kmeans", 2, proba=P, features=X, seed=0)
+    assert len(idx) == 2 and idx[0] in (0, 1, 2, 3) and idx[1] in (4, 5)  # one per cluster, most uncertain first
+    assert scores[0] >= scores[1]
+    with pytest.raises(ConfigError, match="margin-kmeans"):
+        select("margin-kmeans", 2, proba=P)
+
+
 def test_unknown_strategy_lists_the_choices():
     with pytest.raises(ConfigError, match=r"--strategy 'bald'.*entropy, margin"):
         select("bald", 2, proba=np.full((3, 2), 0.5))
 
 
 # --------------------------------------------------------------------------- suggest (Python API)
-@pytest.mark.parametrize("strategy", ["entropy", "margin", "least-confidence"])
+@pytest.mark.parametrize("strategy", ["entropy", "margin", "least-confidence", "margin-kmeans"])
 def test_uncertainty_strategies_put_ambiguous_images_first(labelled, pool, strategy):
     rows = suggest(labelled, pool["dir"], budget=4, strategy=strategy, method=METHOD)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
@@ -194,19 +209,20 @@ def test_cli_simulate_writes_curves_and_plot(tmp_path, labelled):
     before = _snapshot(data)
     out = tmp_path / "sim-out"
     rc, stdout, err = _run(["active", "simulate", str(data), "--rounds", "2", "--per-round", "3", "--initial", "6",
-                            "--seeds", "2", "--strategies", "entropy,coreset", "--method", METHOD, "--val", "0.3",
+                            "--seeds", "2", "--strategies", "entropy,coreset,margin-kmeans", "--method", METHOD,
+                            "--val", "0.3",
                             "--out", str(out)])
     assert rc == 0, err
     assert "gain over random" in stdout
     doc = json.loads((out / "simulation.json").read_text())
     assert doc["n_labels"] == [6, 9, 12]
-    assert list(doc["curves"]) == ["entropy", "coreset", "random"]  # random added as the baseline
+    assert list(doc["curves"]) == ["entropy", "coreset", "margin-kmeans", "random"]  # random added as the baseline
     for curves in doc["curves"].values():
         assert len(curves) == 2 and all(len(c) == 3 and all(0 <= a <= 1 for a in c) for c in curves)
     assert doc["seeds"] == [0, 1]
     with open(out / "curves.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * 2 * 3 and set(rows[0]) == {"strategy", "seed", "round", "n_labels", "accuracy"}
+    assert len(rows) == 4 * 2 * 3 and set(rows[0]) == {"strategy", "seed", "round", "n_labels", "accuracy"}
     with Image.open(out / "simulation.png") as im:
         assert im.format == "PNG" and im.width > 300
     assert _snapshot(data) == before

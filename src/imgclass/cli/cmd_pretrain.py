@@ -50,4 +50,5 @@ def pretrain(
                f"epoch{'' if res.epochs == 1 else 's'}{trend}")
     typer.echo(f"backbone: {res.run_dir} ({res.arch}, {res.img_size} px)")
     typer.echo(f"use it:   imgclass train DATA --method {res.run_dir}+logreg   (linear probe on frozen features)")
-    typer.echo(f"          imgclass train DATA --method {res.run_dir}   (fine-tuning; add --img-size {res.img_size})")
+    hint = f" --img-size {res.img_size}" if res.arch_input_size != res.img_size else ""
+    typer.echo(f"          imgclass train DATA --method {res.run_dir}{hint}   (fine-tuning)")

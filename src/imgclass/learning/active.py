@@ -15,6 +15,11 @@ Strategies (the score is "higher = more useful"):
 * ``least-confidence`` — one minus the highest probability.
 * ``coreset`` — greedy k-center (Sener & Savarese 2018) on standardised features: repeatedly take the
   pool image farthest from everything labelled or already picked; the score is that distance.
+* ``margin-kmeans`` — margin with a diversity filter ("diverse mini-batch", Zhdanov 2019): the
+  ``10 x budget`` smallest-margin images are clustered into ``budget`` groups by k-means weighted by
+  their uncertainty, and the most uncertain image of each group is taken. Plain uncertainty sampling
+  fills a batch with near-duplicates from the same confusion (and on CIFAR-10 with lite0 embeddings
+  barely beats random); spreading the batch over clusters is the usual remedy.
 * ``random`` — a seeded random order (no score): the baseline every other strategy must beat.
 
 >>> from imgclass.learning.active import suggest, simulate      # doctest: +SKIP
@@ -47,10 +52,13 @@ STRATEGIES: dict[str, str] = {
     "margin": "smallest gap between the two most probable classes first",
     "least-confidence": "lowest top probability first",
     "coreset": "greedy k-center on the features: farthest from everything labelled first",
+    "margin-kmeans": "margin with a diversity filter: the most uncertain image of each k-means cluster of the "
+                     "10 x budget smallest-margin candidates",
     "random": "seeded random order (the baseline)",
 }
 UNCERTAINTY = ("entropy", "margin", "least-confidence")
-GEOMETRIC = ("coreset",)  # strategies that measure distances between features
+NEEDS_PROBA = (*UNCERTAINTY, "margin-kmeans")
+GEOMETRIC = ("coreset", "margin-kmeans")  # strategies that measure distances between features
 INITS = ("stratified", "random")
 
 
@@ -121,14 +129,38 @@ def kcenter_greedy(pool: np.ndarray, labelled: np.ndarray | None, k: int,
     return np.asarray(picked, dtype=np.int64), np.asarray(dist)
 
 
+def diverse_margin(proba: np.ndarray, features: np.ndarray, k: int, beta: int = 10,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``margin-kmeans``: the ``beta * k`` smallest-margin rows, clustered into ``k`` groups by k-means
+    (scikit-learn) weighted by their margin uncertainty; the most uncertain row of each group, most
+    uncertain first. Returns ``(indices, margin uncertainty)``."""
+    from sklearn.cluster import KMeans
+
+    u = uncertainty(proba, "margin")
+    k = min(int(k), len(u))
+    cand = np.argsort(-u, kind="stable")[:min(len(u), beta * k)]
+    if len(cand) <= k:
+        return cand.astype(np.int64), u[cand]
+    w = u[cand] / u[cand].max() if u[cand].max() > 0 else None
+    X = np.asarray(features, dtype=np.float64)[cand]
+    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(X, sample_weight=w)
+    picks = [cand[labels == c][np.argmax(u[cand[labels == c]])] for c in range(k) if np.any(labels == c)]
+    if len(picks) < k:  # k-means left a cluster empty (duplicates): top up with the next most uncertain
+        taken = set(picks)
+        picks += [j for j in cand if j not in taken][:k - len(picks)]
+    idx = np.asarray(picks, dtype=np.int64)
+    idx = idx[np.argsort(-u[idx], kind="stable")]
+    return idx, u[idx]
+
+
 def select(strategy: str, k: int, *, proba: np.ndarray | None = None, features: np.ndarray | None = None,
            labelled_features: np.ndarray | None = None, n: int | None = None,
            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rank the pool and return ``(indices of the k most useful rows, most useful first; their scores)``.
 
     Uncertainty strategies need ``proba`` (the model's probabilities on the pool); ``coreset`` needs the
-    pool's ``features`` and the ``labelled_features``; ``random`` needs only the pool size ``n`` (or
-    either array) and its scores are NaN.
+    pool's ``features`` and the ``labelled_features``; ``margin-kmeans`` needs ``proba`` and ``features``;
+    ``random`` needs only the pool size ``n`` (or either array) and its scores are NaN.
     """
     strategy = check_strategy(strategy)
     if n is None:
@@ -143,6 +175,10 @@ def select(strategy: str, k: int, *, proba: np.ndarray | None = None, features: 
         if features is None:
             raise ConfigError("strategy coreset: needs the pool's features")
         return kcenter_greedy(features, labelled_features, k)
+    if strategy == "margin-kmeans":
+        if proba is None or features is None:
+            raise ConfigError("strategy margin-kmeans: needs the model's probabilities and the pool's features")
+        return diverse_margin(proba, features, k, seed=seed)
     if proba is None:
         raise ConfigError(f"strategy {strategy}: needs the model's probabilities on the pool")
     scores = uncertainty(proba, strategy)
@@ -157,6 +193,26 @@ def _standardise(X: np.ndarray) -> np.ndarray:
     sd = X.std(axis=0)
     sd[sd == 0] = 1.0
     return ((X - mu) / sd).astype(np.float32)
+
+
+def _geometry(F: np.ndarray, strategies: Sequence[str]) -> dict[str, np.ndarray]:
+    """The feature space each geometric strategy measures distances in, computed once for all rows:
+    standardised features for ``coreset``; their first 64 principal components for ``margin-kmeans``
+    (on CIFAR-10 with lite0 embeddings, k-means in the full standardised 1,280-d space gained +0.9
+    points over random at 500 labels against +1.7 with 64 components, 3 seeds: in the full space,
+    distances are dominated by many low-variance dimensions)."""
+    out: dict[str, np.ndarray] = {}
+    if not any(s in GEOMETRIC for s in strategies):
+        return out
+    Z = _standardise(F)
+    if "coreset" in strategies:
+        out["coreset"] = Z
+    if "margin-kmeans" in strategies:
+        from sklearn.decomposition import PCA
+
+        n = min(64, Z.shape[0], Z.shape[1])
+        out["margin-kmeans"] = PCA(n_components=n, random_state=0).fit_transform(Z).astype(np.float32)
+    return out
 
 
 # --------------------------------------------------------------------------- shared plumbing
@@ -379,7 +435,7 @@ def suggest(data: ImageDataset | str | os.PathLike, pool: ImageDataset | str | o
     model.classes_, model.task_, model.taxonomy_ = list(ds.classes), ds.task, ds.taxonomy
     model.fit_features(F_l, y_l)
     P = model.predict_proba_features(F_p)
-    Z = _standardise(np.vstack([F_l, F_p])) if strategy in GEOMETRIC else None
+    Z = _geometry(np.vstack([F_l, F_p]), [strategy]).get(strategy)
     idx, scores = select(strategy, budget, proba=P, features=None if Z is None else Z[len(F_l):],
                          labelled_features=None if Z is None else Z[:len(F_l)], seed=seed)
     rows = []
@@ -635,7 +691,7 @@ def simulate(data: ImageDataset | str | os.PathLike,
         raise ConfigError(f"only {len(F)} training images could be read, fewer than the {need} labels the schedule "
                           "needs; lower --initial, --rounds or --per-round")
     timings = {"features_s": time.perf_counter() - t0}
-    Z = _standardise(F) if any(s in GEOMETRIC for s in names) else None
+    geometry = _geometry(F, names)
     model.classes_, model.task_, model.taxonomy_ = list(ds.classes), ds.task, ds.taxonomy
     if model.task_ == "hierarchical":
         model.task_ = "multiclass"  # flat over the leaves: the simulation scores leaf accuracy
@@ -666,10 +722,10 @@ def simulate(data: ImageDataset | str | os.PathLike,
                         if r == rounds:
                             break
                         rest = np.flatnonzero(~labelled)
-                        P = model.predict_proba_features(F[rest]) if s in UNCERTAINTY else None
-                        geo = s in GEOMETRIC
-                        picks, _ = select(s, per_round, proba=P, features=Z[rest] if geo else None,
-                                          labelled_features=Z[lab] if geo else None, n=len(rest),
+                        P = model.predict_proba_features(F[rest]) if s in NEEDS_PROBA else None
+                        Z = geometry.get(s)
+                        picks, _ = select(s, per_round, proba=P, features=None if Z is None else Z[rest],
+                                          labelled_features=None if Z is None else Z[lab], n=len(rest),
                                           seed=seed * 100_003 + r)
                         labelled[rest[picks]] = True
                 curves[s].append(curve)
@@ -684,5 +740,5 @@ def simulate(data: ImageDataset | str | os.PathLike,
     return res
 
 
-__all__ = ["INITS", "STRATEGIES", "SimulationResult", "Suggestions", "check_strategy", "kcenter_greedy", "select",
-           "simulate", "suggest", "uncertainty"]
+__all__ = ["INITS", "STRATEGIES", "SimulationResult", "Suggestions", "check_strategy", "diverse_margin",
+           "kcenter_greedy", "select", "simulate", "suggest", "uncertainty"]

@@ -415,6 +415,7 @@ class PretrainResult:
     history: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     resumed_from: int | None = None  # the epoch a resumed run continued after
+    arch_input_size: int | None = None  # the architecture's default input size (fine-tuning uses it unless told)
 
     @property
     def losses(self) -> list[float]:
@@ -506,6 +507,14 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
         torch.set_num_threads(cfg.threads)
     net, arch, bcfg = init_backbone(cfg.backbone, cfg.seed)
     size = int(cfg.img_size or bcfg.input_size)
+    ckpt = run.path / "checkpoints"
+    done = _finished_checkpoint(ckpt / "last.pt", cfg.epochs) if resume else None
+    if done is not None:  # nothing to train: no need to decode the images again
+        log(f"resumed from {ckpt / 'last.pt'} after epoch {done['epoch']} (finished: nothing to train)")
+        model = _ssl_net(net, cfg)
+        model.load_state_dict(done["model"])
+        n = (read_backbone_info(run.path).get("images") if (run.path / "backbone.json").exists() else None) or len(ds)
+        return _finish(run, model, arch, size, bcfg, cfg, ds, done["epoch"], done["history"], n, [], done["epoch"])
     pre = Preprocess(size=size, resize="crop", interpolation=bcfg.interpolation, mean=bcfg.mean, std=bcfg.std)
     x, _, skipped = decode_to_tensor(ds.sources, pre, n_jobs=n_jobs, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                                      description="decode")
@@ -521,28 +530,49 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
         if on_epoch is not None:
             on_epoch(rec)
 
-    ckpt = run.path / "checkpoints"
     trainer = SelfSupervisedTrainer(_ssl_net(net, cfg), x, cfg, bcfg.mean, bcfg.std, ckpt_dir=ckpt, log=log,
-                               on_epoch=record)
+                                    on_epoch=record)
     resumed_from = None
     if resume:
         if (ckpt / "last.pt").exists():
             trainer.load_checkpoint(ckpt / "last.pt")
             resumed_from = trainer.epoch
-            log(f"resumed from {ckpt / 'last.pt'} after epoch {trainer.epoch}"
-                + (" (finished: nothing to train)" if trainer.epoch >= cfg.epochs else ""))
+            log(f"resumed from {ckpt / 'last.pt'} after epoch {trainer.epoch}")
         else:
             log(f"no checkpoint in {ckpt} yet: starting from epoch 1")
     trainer.fit()
-    model = trainer.model.to(memory_format=torch.contiguous_format)
+    return _finish(run, trainer.model, arch, size, bcfg, cfg, ds, trainer.epoch, trainer.history, len(x), skipped,
+                   resumed_from)
+
+
+def _finished_checkpoint(path: Path, epochs: int) -> dict | None:
+    """The checkpoint at ``path`` when it holds all ``epochs`` (weights-only load), else ``None``."""
+    import torch
+
+    if not path.exists():
+        return None
+    try:
+        st = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable checkpoint ({exc}); start a new run instead of --resume") from None
+    return st if st.get("epoch", 0) >= epochs else None
+
+
+def _finish(run, model, arch, size, bcfg, cfg, ds, epoch, history, n_images, skipped, resumed_from) -> PretrainResult:
+    """Write the backbone files and the loss plot; the result."""
+    import torch
+
+    from ..features.backbones import backbone_config
+
+    model = model.to(memory_format=torch.contiguous_format)
     save_backbone(run.path, model.backbone, arch, size, bcfg.mean, bcfg.std, bcfg.interpolation,
-                  method=cfg.method, epochs=trainer.epoch, images=len(x), data=ds.name,
+                  method=cfg.method, epochs=epoch, images=n_images, data=ds.name,
                   data_fingerprint=ds.fingerprint(), config=cfg.to_dict())
-    _plot_losses(run, trainer.history, f"{cfg.method} pretraining of {arch} on {ds.name}")
+    _plot_losses(run, history, f"{cfg.method} pretraining of {arch} on {ds.name}")
     run.log(f"saved backbone to {run.path} ({arch}, {size} px)")
     return PretrainResult(run_dir=run.path, backbone=str(run.path), method=cfg.method, arch=arch, img_size=size,
-                          n_images=len(x), epochs=trainer.epoch, history=list(trainer.history), skipped=skipped,
-                          resumed_from=resumed_from)
+                          n_images=n_images, epochs=epoch, history=list(history), skipped=skipped,
+                          resumed_from=resumed_from, arch_input_size=backbone_config(arch).input_size)
 
 
 def _plot_losses(run, history: list[dict], title: str) -> None:
