@@ -15,7 +15,8 @@ import pytest
 
 from imgclass.cli import main
 
-COMMANDS = [["train"], ["evaluate"], ["predict"], ["compare"], ["methods"], ["data", "check"]]
+COMMANDS = [["train"], ["evaluate"], ["predict"], ["compare"], ["methods"], ["data", "check"], ["cluster"],
+            ["active"], ["active", "suggest"], ["active", "simulate"], ["pretrain"]]
 
 
 def _run(argv):

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, progress bars, JSON encoding."""
+"""Small shared helpers: atomic writes, progress bars, JSON encoding, config (de)serialisation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,6 +84,29 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dumps(obj) + "\n")
+
+
+_C = TypeVar("_C", bound="ConfigDict")
+
+
+class ConfigDict:
+    """``to_dict``/``from_dict`` for an options dataclass (``TrainConfig``, ``PretrainConfig``).
+
+    ``to_dict`` is ``dataclasses.asdict``; ``from_dict`` ignores unknown keys (configs written by
+    other versions), so validation stays in the dataclass's ``__post_init__``.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @contextlib.contextmanager

@@ -53,6 +53,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
           min_confidence: float | None = None, hierarchy: str = "flat", balance: str | None = None,
           calibrate: bool = True, unlabeled: ImageDataset | str | os.PathLike | None = None,
           semi: str | None = None, pseudo_threshold: float | None = None,
+          exclude: str | os.PathLike | None = None,
           log: Callable[[str], Any] = lambda m: None):
     """Train ``method`` on ``data``. With ``out`` the whole run directory is written.
 
@@ -76,6 +77,9 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
     the pseudo-labels) with ``semi`` = ``self-training`` or ``label-spreading`` (classical, default
     self-training) or ``fixmatch`` (deep, the default), and ``pseudo_threshold``. The pseudo-label
     counts and accuracy per round are in ``model.meta_["semi"]``.
+
+    ``exclude``: a CSV with a ``path`` column (``excluded.csv`` from ``imgclass curate``); those items
+    are left out before splitting.
     """
     from .models import parse_spec
 
@@ -85,6 +89,11 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
         raise ConfigError("train: give DATA (or --resume RUN)")
     spec = parse_spec(method)  # a bad --method fails before anything is written
     ds = _as_dataset(data, task, taxonomy=taxonomy) if taxonomy is not None else _as_dataset(data, task)
+    if exclude is not None:
+        ds, removed = ds.without(exclude)
+        log(f"--exclude {exclude}: left out {removed} item{'s' if removed != 1 else ''}; {len(ds)} remain")
+        if removed == 0:
+            log(f"warning: none of the paths in {exclude} are in {ds.name}; check that it was written for this data")
     check_task_options(ds, positive=positive, threshold_for=threshold_for, min_confidence=min_confidence,
                        hierarchy=hierarchy, balance=balance)
     semi_kw = _semi_options(spec.kind, ds, unlabeled, semi, pseudo_threshold, log)
@@ -108,6 +117,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
                           "decision": {"positive": positive, "threshold_for": threshold_for,
                                        "min_confidence": min_confidence, "hierarchy": hierarchy, "balance": balance,
                                        "calibrate": calibrate},
+                          "exclude": os.path.abspath(exclude) if exclude is not None else None,
                           "semi": {"unlabeled": os.path.abspath(unlabeled) if isinstance(unlabeled, (str, os.PathLike))
                                    else None, "method": semi, "pseudo_threshold": pseudo_threshold}
                           if unlabeled is not None else None,
@@ -192,6 +202,8 @@ def _resume(run_path: str | os.PathLike, log):
     if spec.kind != "deep":
         raise ConfigError(f"--resume {run_path}: only deep runs have checkpoints to resume; retrain {cfg['method']}")
     ds = load_dataset(cfg["data"], task=cfg.get("task"), taxonomy=cfg.get("taxonomy"))
+    if cfg.get("exclude"):
+        ds, _ = ds.without(cfg["exclude"])
     idx = ds.load_split(run.split_file)
     train_ds = ds.subset(idx["train"], f"{ds.name}:train")
     val_ds = ds.subset(idx.get("val", np.zeros(0, np.int64)), f"{ds.name}:val")

@@ -143,6 +143,7 @@ def train(
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on validation (stored in the bundle, used by predict).", rich_help_panel="Task")] = True,
     unlabeled: Annotated[str | None, typer.Option(help="Folder (or CSV) of unlabelled images to learn from as well; labels there only score the pseudo-labels.", rich_help_panel="Semi-supervised")] = None,
     semi: Annotated[str | None, typer.Option(help="self-training or label-spreading (classical; default self-training), fixmatch (deep, the default).", rich_help_panel="Semi-supervised")] = None,
+    exclude: Annotated[Path | None, typer.Option(help="CSV with a path column (excluded.csv from imgclass curate): leave those items out.")] = None,
     pseudo_threshold: Annotated[float | None, typer.Option(help="Confidence a prediction needs to become a pseudo-label (default 0.75 classical, 0.95 fixmatch).", rich_help_panel="Semi-supervised")] = None,
 ):
     """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
@@ -165,7 +166,8 @@ def train(
                           train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err,
                           taxonomy=taxonomy, hierarchy=hierarchy, min_confidence=min_confidence, positive=positive,
                           threshold_for=threshold_for, balance=balance, calibrate=calibrate,
-                          unlabeled=unlabeled, semi=semi, pseudo_threshold=pseudo_threshold)
+                          unlabeled=unlabeled, semi=semi, pseudo_threshold=pseudo_threshold,
+                          exclude=str(exclude) if exclude else None)
     val = model.meta_.get("metrics", {}).get("val", {})
     semi_report = model.meta_.get("semi")
     _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))

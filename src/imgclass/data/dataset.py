@@ -110,6 +110,36 @@ class ImageDataset:
             skipped=list(self.skipped),
         )
 
+    def without(self, excluded: str | os.PathLike | Sequence[str]) -> tuple[ImageDataset, int]:
+        """This dataset minus the items listed in ``excluded`` (a CSV with a ``path`` column, such as
+        ``excluded.csv`` from ``imgclass curate``, or a list of paths); predefined splits are kept.
+        Returns ``(dataset, number removed)``. Paths match absolutely or relative to ``root``."""
+        if isinstance(excluded, (str, os.PathLike)):
+            import csv
+
+            p = Path(excluded)
+            try:
+                rows = list(csv.DictReader(p.read_text(encoding="utf-8").splitlines()))
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"{p}: cannot read the exclusion list ({exc}); give a CSV with a path column") from None
+            if rows and "path" not in rows[0]:
+                raise DataError(f"{p}: the exclusion list needs a 'path' column (as in imgclass curate's excluded.csv)")
+            paths = [r["path"] for r in rows if r.get("path")]
+        else:
+            paths = [os.fspath(x) for x in excluded]
+        drop = {os.path.abspath(x) for x in paths} | set(paths)
+        if self.root:
+            drop |= {os.path.abspath(os.path.join(self.root, x)) for x in paths}
+        keep = [i for i, src in enumerate(self.sources)
+                if not (isinstance(src, str) and (src in drop or os.path.abspath(src) in drop))]
+        removed = len(self) - len(keep)
+        out = self.subset(keep)
+        if self.splits:
+            pos = np.full(len(self), -1, dtype=np.int64)
+            pos[np.asarray(keep, dtype=np.int64)] = np.arange(len(keep))
+            out.splits = {k: pos[v][pos[v] >= 0] for k, v in self.splits.items()}
+        return out, removed
+
     def fingerprint(self) -> str:
         """A hash of the item names and labels: tells whether two runs saw the same data."""
         h = hashlib.sha256()

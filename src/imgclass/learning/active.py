@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text, progress_bar
+from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png, progress_bar
 from ..data import ImageDataset, find_images, is_image_file, load_dataset
 from ..errors import ConfigError, DataError
 
@@ -550,13 +550,7 @@ class SimulationResult:
         return fig
 
     def plot(self, path: str | os.PathLike) -> Path:
-        import matplotlib.pyplot as plt
-
-        fig = self.figure()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, figure_png(self.figure(), dpi=110))
         return Path(path)
 
     def write(self, out: str | os.PathLike) -> dict[str, Path]:

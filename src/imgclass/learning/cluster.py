@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text, progress_bar
+from .._util import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png, progress_bar
 from ..data import ImageDataset, from_paths, load_dataset
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..errors import ConfigError, DataError, ImageLoadError
@@ -541,10 +541,7 @@ class ClusterResult:
         fig.suptitle(f"{self.features} → {self.reduce} → {self.algo}: k = {self.k}   {score}   ({how} to 2-D)",
                      fontsize=10)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(fig, dpi=100)
 
     def _curve_png(self) -> bytes:
         import matplotlib
@@ -564,10 +561,7 @@ class ClusterResult:
         ax.legend()
         ax.set_title(f"choosing k for {self.algo} on {self.features}")
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(fig, dpi=100)
 
 
 def _key(src: ImageSource) -> str:

@@ -40,20 +40,19 @@ exact resume, the progress bar with rate and ETA, and the epoch log are the engi
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import platform
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_bytes, atomic_write_json
+from .._util import ConfigDict, atomic_write_bytes, atomic_write_json, figure_png
 from ..errors import ConfigError, DataError
 from ..training.engine import TrainData, Trainer
 
@@ -68,7 +67,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigDict):
     """Every option of a pretraining run (stored in the run's ``config.yaml``)."""
 
     method: str = "simclr"
@@ -120,14 +119,6 @@ class PretrainConfig:
             raise ConfigError(f"unknown pretraining options {unknown}; known: {', '.join(sorted(known))}")
         return cls(**{**METHOD_DEFAULTS[method], **{k: v for k, v in options.items() if v is not None},
                       "method": method})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def train_config(self):
         """The engine's ``TrainConfig`` for this run: warmup + cosine, no labels-only features."""
@@ -588,10 +579,7 @@ def _plot_losses(run, history: list[dict], title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(run.plots_dir / "training_curves.png", buf.getvalue())
+    atomic_write_bytes(run.plots_dir / "training_curves.png", figure_png(fig, dpi=100))
 
 
 def read_backbone_info(folder: str | os.PathLike) -> dict[str, Any]:

@@ -25,13 +25,13 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._util import atomic_write_bytes, progress_bar
+from .._util import ConfigDict, atomic_write_bytes, progress_bar
 from ..errors import ConfigError, DataError
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
@@ -39,7 +39,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """Every option of a deep training run (stored in ``config.yaml`` and the bundle)."""
 
     epochs: int = 10
@@ -92,14 +92,6 @@ class TrainConfig:
             self.tta = False
         if self.unfreeze is not None and self.unfreeze < 0:
             raise ConfigError(f"--unfreeze {self.unfreeze}: give a number of blocks (0 = head only) or 'all'")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def default_weight_decay(self) -> float:
         if self.weight_decay is not None:
