@@ -41,7 +41,7 @@ def curate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the counts, timings and output files as JSON.")] = False,
 ):
     """Find blurry, badly exposed, duplicate, leaked, outlier and mislabelled images (report + CSVs)."""
-    from ..curation import DEFAULT_EXCLUDE
+    from ..curation import DEFAULT_EXCLUDE, EXCLUDE_CHOICES
     from ..curation import curate as _curate
     from ..curation.duplicates import DuplicateLimits
     from ..curation.quality import QualityLimits
@@ -54,11 +54,13 @@ def curate(
     if not 0 < min_detail <= 1:
         raise ConfigError(f"--min-detail {min_detail}: give a correlation between 0 and 1 (default 0.6)")
     types = _types(exclude_types, "--exclude-types") or DEFAULT_EXCLUDE
+    bad = [t for t in types if t not in EXCLUDE_CHOICES]
+    if bad:  # checked before the (long) curation run, not after it
+        raise ConfigError(f"--exclude-types {','.join(bad)}: choose from {', '.join(EXCLUDE_CHOICES)}")
     res = _curate(data, model=model, oof=oof, folds=folds, seed=seed, outlier_method=outlier_method,
                   outlier_z=outlier_z, quality=QualityLimits(blur_z=blur_z),
                   duplicates=DuplicateLimits(min_detail=min_detail), checks=_types(checks, "--checks") or (),
                   n_jobs=jobs, max_pixels=max_pixels, log=_err)
-    res.excluded(types)  # a bad --exclude-types fails before anything is written
     if out is None:
         from ..training import RunDir, default_run_dir
 

@@ -58,6 +58,8 @@ class CurationResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    embeddings: np.ndarray | None = None  # features of the rows in ``embedded_rows``
+    embedded_rows: np.ndarray | None = None
 
     # ------------------------------------------------------------------ views
     def _split_of(self) -> np.ndarray:
@@ -538,7 +540,8 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
     timings["total_s"] = time.perf_counter() - t_all
     res = CurationResult(dataset=ds, stats=stats, quality=q, exact=exact, near=near, outlier_score=score,
                          outlier_z=outlier_z, label_issues=issues, oof=P, features=",".join(spec.features),
-                         timings=timings, notes=notes, skipped=skipped)
+                         timings=timings, notes=notes, skipped=skipped, embeddings=E,
+                         embedded_rows=ok_rows if E is not None else None)
     counts = {k: v for k, v in res.counts().items() if v}
     small = [c for c, k in (ds.class_counts().items() if ds.is_labelled else []) if k < 5]
     if small:
