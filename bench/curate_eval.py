@@ -213,8 +213,18 @@ def main() -> None:
             w = csv.DictWriter(f, ["path", "label", "reason"])
             w.writeheader()
             w.writerows(ex_rows)
+        # Leaked training items (near-duplicates of val images) make val accuracy optimistic; removing them
+        # lowers it for the right reason. The middle row removes only those, to show that part apart.
+        leak_csv = work / "excluded_leakage.csv"
+        leak_rows = [{"path": str(Path(ds.sources[i]).resolve()), "label": "", "reason": "leakage"}
+                     for i in res.excluded(("leakage",)) if str(Path(ds.sources[i]).resolve()) not in val_paths]
+        with open(leak_csv, "w", newline="") as f:
+            w = csv.DictWriter(f, ["path", "label", "reason"])
+            w.writeheader()
+            w.writerows(leak_rows)
         out = []
-        for name, kw in (("noisy", {}), ("cleaned", {"exclude": str(excluded_csv)})):
+        for name, kw in (("noisy", {}), (f"noisy minus {len(leak_rows)} leaked items", {"exclude": str(leak_csv)}),
+                         ("cleaned", {"exclude": str(excluded_csv)})):
             with Timer() as tt:
                 model = imgclass.train(str(csv_path), method="lite0+logreg", seed=args.seed, **kw)
             acc = model.meta_["metrics"]["val"]["accuracy"]
@@ -225,7 +235,7 @@ def main() -> None:
         m["excluded"] = len(ex_rows)
         print(table(out, ["train set", "val accuracy", "seconds"], f"lite0+logreg retrained (excluded {m['excluded']} training items), scored on the full val split"))
     met = {k: (m[k] <= v if "false" in k else m[k] >= v) for k, v in TARGETS.items()}
-    retrain_ok = (not args.skip_retrain) and m["retrain"][1]["val accuracy"] > m["retrain"][0]["val accuracy"]
+    retrain_ok = (not args.skip_retrain) and m["retrain"][2]["val accuracy"] > m["retrain"][0]["val accuracy"]
     print("targets: " + ", ".join(f"{k} {'MET' if ok else 'MISSED'}" for k, ok in met.items())
           + ("" if args.skip_retrain else f", cleaned beats noisy {'MET' if retrain_ok else 'MISSED'}"))
     save("curate_eval", {**m, "targets": TARGETS, "met": met, "retrain_beats_noisy": retrain_ok,
