@@ -1,0 +1,344 @@
+"""ONNX export that carries its pre-processing and its labels.
+
+The exported graph takes ``image``: uint8 RGB, ``(N, H, W, 3)`` at the model's input size, and
+returns ``probabilities``: the calibrated class probabilities ``predict`` would give. Inside the graph:
+channel reordering, normalisation (mean/std), the network, flip test-time augmentation when the model
+was trained with flips, the temperature and the task's activation (softmax; sigmoid per label;
+per-sibling-group softmax up the tree for hierarchical ``local`` models). What stays outside is
+decoding and resizing to ``H x W``, described in the metadata (``resize`` mode and interpolation) and
+done by ``OnnxModel`` with the same code as training.
+
+The ONNX metadata (``metadata_props``) holds ``imgclass`` = JSON with the classes, task, decision rule
+(thresholds, taxonomy, fallback), calibration temperature, input size, resize mode, mean/std,
+method and versions, so a bare ``.onnx`` file is enough to use the model correctly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._util import atomic_write_bytes, atomic_write_json
+from ..errors import ConfigError, ModelFormatError
+
+ONNX_FILE = "model.onnx"
+META_KEY = "imgclass"
+FORMAT = 1
+QUANTIZE = ("int8", "dynamic")
+
+
+def _export_module(model):
+    """A torch module: uint8 NHWC image -> calibrated probabilities (see the module docstring)."""
+    import torch
+
+    from ..tasks.hierarchy import sibling_groups
+
+    net = model.model_.eval()
+    pre = model.preprocess
+    temperature = (model.meta_.get("calibration") or {}).get("temperature")
+    task = model.task_
+    groups = ancestor = None
+    if task == "hierarchical" and getattr(model, "hierarchy", "flat") == "local":
+        tree = model._tree()
+        groups = [torch.as_tensor(np.asarray(g, dtype=np.int64)) for g in sibling_groups(tree)]
+        ancestor = torch.as_tensor(tree.ancestor_matrix.T.astype(np.float32))
+
+    class Exported(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+            self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+            self.flip = bool(model.tta)
+            self.t = float(temperature) if temperature else None
+            if ancestor is not None:
+                order = torch.cat(groups)
+                self.register_buffer("inverse", torch.argsort(order))
+                self.register_buffer("ancestor", ancestor)
+                self.groups = groups
+
+        def forward(self, image):
+            x = image.permute(0, 3, 1, 2).to(torch.float32)
+            x = (x - self.mean) / self.std
+            if self.flip:  # the image and its mirror in one batch, logits averaged (as predict does)
+                n = x.shape[0]
+                both = self.net(torch.cat([x, torch.flip(x, dims=[3])]))
+                logits = (both[:n] + both[n:]) / 2
+            else:
+                logits = self.net(x)
+            if task == "multilabel":
+                return torch.sigmoid(logits / self.t if self.t else logits)
+            if ancestor is not None:
+                parts = [torch.log_softmax(logits[:, g], dim=1) for g in self.groups]
+                log_cond = torch.cat(parts, dim=1)[:, self.inverse]
+                log_leaf = log_cond @ self.ancestor
+                return torch.softmax(log_leaf / self.t if self.t else log_leaf, dim=1)
+            return torch.softmax(logits / self.t if self.t else logits, dim=1)
+
+    return Exported().eval()
+
+
+def metadata(model) -> dict[str, Any]:
+    """What a bare ONNX file needs to be used correctly (stored in its ``metadata_props``)."""
+    from .. import __version__
+    from ..models.classical import decision_of
+
+    pre = model.preprocess
+    size = pre.size if isinstance(pre.size, (list, tuple)) else (pre.size, pre.size)
+    return {"format": FORMAT, "imgclass": __version__, "method": getattr(model, "method", None) or model.backbone,
+            "task": model.task_, "classes": list(model.classes_), "taxonomy": model.taxonomy_,
+            "decision": decision_of(model).to_dict(),
+            "temperature": (model.meta_.get("calibration") or {}).get("temperature"),
+            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                      "height": int(size[0]), "width": int(size[1])},
+            "preprocess": pre.to_dict(), "flip_tta": bool(model.tta), "hflip": bool(getattr(model, "hflip", True)),
+            "output": "probabilities"}
+
+
+def _refuse_classical(model) -> None:
+    name = getattr(model, "method", type(model).__name__)
+    raise ConfigError(
+        f"export: {name} is a feature pipeline; its features ({', '.join(getattr(model, 'feature_names', []) or ['hog, lbp, ...'])}) "
+        "are computed by scikit-image/OpenCV code that has no ONNX form, so it cannot be exported as one graph. "
+        "Export works for deep models (e.g. --method lite0, smallcnn); serve this one with imgclass serve")
+
+
+def to_onnx_bytes(model, opset: int = 17) -> bytes:
+    """The exported fp32 graph (see the module docstring) with metadata, as bytes."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+
+    if getattr(model, "model_", None) is None:
+        _refuse_classical(model)
+    meta = metadata(model)
+    h, w = meta["input"]["height"], meta["input"]["width"]
+    module = _export_module(model)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, torch.zeros(1, h, w, 3, dtype=torch.uint8), buf, dynamo=False,
+                          input_names=["image"], output_names=["probabilities"], opset_version=int(opset),
+                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    proto.doc_string = f"imgclass {meta['method']} ({meta['task']}, {len(meta['classes'])} classes)"
+    return proto.SerializeToString()
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``imgclass`` metadata of an exported ONNX file."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise ModelFormatError(f"{path}: not a readable ONNX model ({exc}); export it again with imgclass export") from None
+    raw = sess.get_modelmeta().custom_metadata_map.get(META_KEY)
+    if raw is None:
+        raise ModelFormatError(f"{path}: has no imgclass metadata; export it with imgclass export")
+    meta = json.loads(raw)
+    if meta.get("format", 0) > FORMAT:
+        raise ModelFormatError(f"{path}: written by a newer imgclass (format {meta['format']}); upgrade imgclass")
+    return meta
+
+
+class CalibrationReader:
+    """Feeds uint8 image batches to ONNX Runtime's static quantisation calibration."""
+
+    def __init__(self, arrays: np.ndarray, batch: int = 16):
+        self.arrays, self.batch, self.pos = arrays, batch, 0
+
+    def get_next(self):
+        if self.pos >= len(self.arrays):
+            return None
+        a = self.arrays[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return {"image": np.ascontiguousarray(a)}
+
+    def rewind(self):
+        self.pos = 0
+
+
+def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None, workdir: Path | None = None) -> bytes:
+    """``dynamic``: weights to int8, activations quantised on the fly (ONNX Runtime ``quantize_dynamic``).
+    ``int8``: static QDQ quantisation (int8 weights per channel, uint8 activations) calibrated on
+    ``calibration`` images (uint8 NHWC) with ONNX Runtime ``quantize_static``."""
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if mode not in QUANTIZE:
+        raise ConfigError(f"--quantize {mode}: choose int8 (static, calibrated on training images) or dynamic")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
+        src.write_bytes(fp32)
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantise the plain graph
+            pre = src
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+        else:
+            if calibration is None or not len(calibration):
+                raise ConfigError("--quantize int8 needs calibration images: pass --calibration DATA (a few hundred "
+                                  "training images)")
+            # Only the convolutions and matrix products are quantised: the normalisation at the input and
+            # the temperature/softmax at the output stay in float (quantising them cost ~10 points of
+            # top-1 agreement on lite0 for no speed).
+            quantize_static(str(pre), str(dst), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return dst.read_bytes()
+
+
+def calibration_arrays(data, meta: dict[str, Any], n: int = 256, seed: int = 0, max_pixels: int | None = None) -> np.ndarray:
+    """``n`` seeded random images of ``data`` (a folder, CSV, dataset or list of paths) as uint8 NHWC at
+    the export's input size, resized as the model expects."""
+    from ..data import ImageDataset, from_paths, load_dataset
+    from ..features import load_arrays
+    from ..transforms import Preprocess
+
+    if isinstance(data, ImageDataset):
+        ds = data
+    elif isinstance(data, (list, tuple)):
+        ds = from_paths(data)
+    else:
+        ds = load_dataset(data)
+    if ds.splits and "train" in ds.splits:
+        ds = ds.subset(ds.splits["train"])
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(ds), min(n, len(ds)), replace=False))
+    pre = Preprocess.from_dict(meta["preprocess"])  # its to_array gives uint8 HWC pixels (no normalisation)
+    arrays, _, _ = load_arrays([ds.sources[i] for i in idx], pre, max_pixels)
+    return np.stack([np.asarray(a, dtype=np.uint8) for a in arrays]) if arrays else np.zeros((0,), np.uint8)
+
+
+def export(model, out: str | os.PathLike | None = None, *, quantize_mode: str | None = None, opset: int = 17,
+           check: bool = False, check_images: Sequence | None = None, calibration=None, n_calibration: int = 256,
+           seed: int = 0, log: Callable[[str], Any] = lambda m: None) -> dict[str, Any]:
+    """Export a bundle (path or loaded model) to ONNX.
+
+    Writes ``BUNDLE/model.onnx`` (or ``out``) atomically and records it in the bundle's ``model.json``.
+    ``quantize_mode``: ``int8`` (static, calibrated on ``calibration`` images, by default the training
+    images recorded with the bundle) or ``dynamic``. ``check`` compares ONNX Runtime with the torch model
+    on ``check_images`` (or calibration images) and reports the max abs probability difference. Returns a
+    summary dict (file, size, check results, timings).
+    """
+    from ..models import load_model
+
+    bundle = None
+    if isinstance(model, (str, os.PathLike)):
+        bundle = Path(model)
+        model = load_model(bundle)
+    elif getattr(model, "run_dir", None) is not None:
+        bundle = Path(model.run_dir) / "model"
+    if getattr(model, "model_", None) is None:
+        _refuse_classical(model)
+    if opset < 13:
+        raise ConfigError(f"--opset {opset}: use 13 or newer (17 is the default)")
+    t0 = time.perf_counter()
+    fp32 = to_onnx_bytes(model, opset)
+    meta = metadata(model)
+    summary: dict[str, Any] = {"fp32_bytes": len(fp32), "export_s": time.perf_counter() - t0, "opset": opset}
+    data = fp32
+    calib = None
+    if quantize_mode == "int8" or check:
+        source = calibration or _training_data(bundle)
+        if source is not None:
+            calib = calibration_arrays(source, meta, n_calibration, seed)
+    if quantize_mode is not None:
+        t1 = time.perf_counter()
+        data = quantize(fp32, quantize_mode, calib)
+        summary.update({"quantize": quantize_mode, "quantized_bytes": len(data), "quantize_s": time.perf_counter() - t1})
+    if check:
+        imgs = calibration_arrays(check_images, meta, 64, seed) if check_images is not None else (
+            calib[:64] if calib is not None else None)
+        if imgs is None or not len(imgs):
+            raise ConfigError("--check needs sample images: pass --calibration DATA (or check_images)")
+        summary["check"] = compare_with_torch(model, data, imgs)
+        summary["check"]["fp32"] = quantize_mode is None
+        log(f"check on {len(imgs)} images: max abs probability difference {summary['check']['max_abs_diff']:.2e}, "
+            f"top-1 agreement {summary['check']['top1_agreement']:.4f}")
+    dest = Path(out) if out is not None else (bundle / ONNX_FILE if bundle is not None else None)
+    if dest is None:
+        raise ConfigError("export: give out= (the model has no bundle folder)")
+    atomic_write_bytes(dest, data)
+    summary.update({"file": str(dest), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    if bundle is not None and dest.parent.resolve() == bundle.resolve():
+        mj = bundle / "model.json"
+        doc = json.loads(mj.read_text(encoding="utf-8"))
+        doc["onnx"] = {"file": dest.name, "quantize": quantize_mode, "opset": opset, "sha256": summary["sha256"],
+                       "input": meta["input"], "weights": _weights_digest(bundle)}
+        atomic_write_json(mj, doc)
+    return summary
+
+
+def _weights_digest(bundle: Path) -> str | None:
+    w = bundle / "weights.safetensors"
+    if not w.exists():
+        return None
+    h = hashlib.sha256()
+    with open(w, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _training_data(bundle: Path | None):
+    """The training data recorded in the run's config.yaml next to the bundle, when it still exists."""
+    if bundle is None:
+        return None
+    cfg = bundle.parent / "config.yaml"
+    if not cfg.exists():
+        return None
+    import yaml
+
+    data = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("data")
+    return data if data and Path(data).exists() else None
+
+
+def compare_with_torch(model, onnx_bytes: bytes, images: np.ndarray) -> dict[str, Any]:
+    """Max abs probability difference and top-1 agreement between ONNX Runtime and ``model``'s torch path
+    on uint8 NHWC ``images`` (already at the input size)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    P_onnx = np.concatenate([sess.run(None, {"image": np.ascontiguousarray(images[s:s + 32])})[0]
+                             for s in range(0, len(images), 32)])
+    engine = getattr(model, "engine", None)
+    try:
+        if engine is not None:
+            model.engine = "torch"
+        logits = model.logits_from_tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        P_torch = model.proba_from_logits(logits)
+    finally:
+        if engine is not None:
+            model.engine = engine
+    diff = np.abs(P_onnx - P_torch)
+    return {"images": int(len(images)), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "top1_agreement": float((P_onnx.argmax(1) == P_torch.argmax(1)).mean())}
+
+
+__all__ = ["ONNX_FILE", "QUANTIZE", "compare_with_torch", "export", "metadata", "quantize", "read_metadata",
+           "to_onnx_bytes"]

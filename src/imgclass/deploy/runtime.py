@@ -1,0 +1,129 @@
+"""``OnnxModel``: predict with an exported ``model.onnx`` and ONNX Runtime alone (no torch, no timm).
+
+It behaves like the other models for ``imgclass.predict`` / ``evaluate`` / ``serve``: ``classes_``,
+``task_``, ``decision_``, ``predict_proba`` and ``predict``. Everything it needs (classes, decision
+rule, input size, resize mode) comes from the ONNX file's metadata; the graph itself normalises,
+calibrates and applies the task's activation.
+
+Decoding runs in worker processes while ONNX Runtime works on the previous chunk, so the two overlap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource
+from ..errors import ConfigError, ModelFormatError
+from .export import ONNX_FILE, read_metadata
+
+
+class OnnxModel:
+    """A model backed by an exported ONNX file (a bundle folder holding ``model.onnx``, or the file)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, n_jobs: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 64):
+        import onnxruntime as ort
+
+        from ..tasks.decision import Decision
+        from ..transforms import Preprocess
+
+        p = Path(path)
+        self.file = p / ONNX_FILE if p.is_dir() else p
+        if not self.file.exists():
+            raise ModelFormatError(f"{p}: no {ONNX_FILE}; run imgclass export {p} first (or use --runtime torch)")
+        meta = read_metadata(self.file)
+        self.onnx_meta = meta
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.file), opts, providers=["CPUExecutionProvider"])
+        self.classes_ = list(meta["classes"])
+        self.task_ = meta["task"]
+        self.taxonomy_ = meta.get("taxonomy")
+        self.decision_ = Decision.from_dict(meta.get("decision"), task=self.task_, classes=self.classes_)
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self.hflip = bool(meta.get("hflip", True))
+        self.method = meta.get("method")
+        self.meta_: dict[str, Any] = {"onnx": str(self.file)}  # calibration is inside the graph
+        self.n_jobs, self.max_pixels, self.batch_size = n_jobs, max_pixels, int(batch_size)
+        self.errors_: list[tuple[str, str]] = []
+        self.run_dir = None
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.file)!r}, task={self.task_}, classes={len(self.classes_)})"
+
+    def probabilities_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities for uint8 ``(n, H, W, 3)`` RGB arrays already at the input size."""
+        out = [self.session.run(None, {"image": np.ascontiguousarray(pixels[s:s + self.batch_size])})[0]
+               for s in range(0, len(pixels), self.batch_size)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(self.classes_)))
+
+    def predict_proba(self, X: Sequence[ImageSource]) -> np.ndarray:
+        """``(n, n_classes)`` probabilities; NaN rows (and ``errors_`` entries) for unreadable images."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..features import RawPixels, extract_features
+
+        sources = list(X.sources) if hasattr(X, "sources") else list(X)
+        size = self.preprocess.size
+        h, w = (size, size) if isinstance(size, int) else size
+        out = np.full((len(sources), len(self.classes_)), np.nan)
+        errors: list[tuple[str, str]] = []
+        chunk = 512
+        starts = list(range(0, len(sources), chunk))
+
+        def decode(s: int):
+            f = extract_features(RawPixels(), sources[s:s + chunk], self.preprocess, n_jobs=self.n_jobs,
+                                 max_pixels=self.max_pixels, description="predict")
+            px = f.X.astype(np.uint8).reshape(-1, h, w, 3) if len(f.X) else np.zeros((0, h, w, 3), np.uint8)
+            return s, px, f.ok, f.errors
+
+        # decode chunk k+1 (worker processes) while ONNX Runtime scores chunk k
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(decode, starts[0]) if starts else None
+            for k in range(len(starts)):
+                s, px, ok, errs = pending.result()
+                pending = pool.submit(decode, starts[k + 1]) if k + 1 < len(starts) else None
+                errors += errs
+                if len(px):
+                    rows = np.flatnonzero(ok) + s
+                    out[rows] = self.probabilities_from_pixels(px)
+        self.errors_ = errors
+        return out
+
+    def predict(self, X: Sequence[ImageSource], top_k: int = 1):
+        from ..models.classical import predictions
+
+        return predictions(self, self.predict_proba(X), top_k)
+
+    def save(self, *a, **k):  # pragma: no cover - an exported model is already deployed
+        raise ConfigError("an ONNX model cannot be re-saved as a bundle; copy its model.onnx")
+
+
+def onnx_is_current(bundle: Path) -> tuple[bool, str]:
+    """Whether ``bundle/model.onnx`` was exported from the bundle's current weights (and why not)."""
+    import json
+
+    from .export import _weights_digest
+
+    f = bundle / ONNX_FILE
+    if not f.exists():
+        return False, "no model.onnx"
+    try:
+        doc = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, "unreadable model.json"
+    rec = doc.get("onnx") or {}
+    if rec.get("weights") and rec["weights"] != _weights_digest(bundle):
+        return False, "model.onnx was exported from other weights (export again)"
+    return True, ""
+
+
+__all__ = ["OnnxModel", "onnx_is_current"]
