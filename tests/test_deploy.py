@@ -150,3 +150,74 @@ def test_cli_export_check_and_bad_options(deep, tmp_path):
     assert rc == 2 and "model bundle" in err
     rc, _, err = _run(["export", str(bundle), "--quantize", "int4", "--calibration", str(deep["data"])])
     assert rc == 2 and "--quantize" in err
+
+
+# --------------------------------------------------------------------------- runtime choice and batch prediction
+def test_predict_runtime_auto_uses_onnx_and_onnx_requires_an_export(deep, tmp_path):
+    bundle = _copy(deep["bundle"], tmp_path / "model")
+    rc, _, err = _run(["predict", str(bundle), deep["files"][0], "--runtime", "onnx"])
+    assert rc == 2 and "imgclass export" in err
+    assert not isinstance(imgclass.api.resolve_model(str(bundle)), OnnxModel)
+    export(bundle)
+    assert isinstance(imgclass.api.resolve_model(str(bundle)), OnnxModel)
+    assert not isinstance(imgclass.api.resolve_model(str(bundle), runtime="torch"), OnnxModel)
+    rc_a, out_a, _ = _run(["predict", str(bundle), *deep["files"][:5], "--runtime", "onnx"])
+    rc_b, out_b, _ = _run(["predict", str(bundle), *deep["files"][:5], "--runtime", "torch"])
+    assert rc_a == rc_b == 0 and [ln.split()[1] for ln in out_a.splitlines()] == [ln.split()[1] for ln in out_b.splitlines()]
+
+
+def test_stale_export_is_not_used(deep, tmp_path):
+    bundle = _copy(deep["bundle"], tmp_path / "model")
+    export(bundle)
+    w = bundle / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-1] + bytes([w.read_bytes()[-1] ^ 1]))  # other weights
+    assert not isinstance(imgclass.api.resolve_model(str(bundle)), OnnxModel)
+    with pytest.raises(ConfigError, match="other weights"):
+        imgclass.api.resolve_model(str(bundle), runtime="onnx")
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_batch_prediction_resumes_after_a_kill_and_predicts_each_image_once(deep, tmp_path):
+    import csv
+
+    from imgclass.deploy.batch import predict_to_csv
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    files = deep["files"] + [str(bad)]
+    model = imgclass.load_model(deep["bundle"])
+    out = tmp_path / "preds.csv"
+    real = model.predict_proba
+    calls = {"n": 0}
+
+    def dying(X):  # the process "dies" during its third chunk
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Killed
+        return real(X)
+
+    model.predict_proba = dying
+    with pytest.raises(_Killed):
+        predict_to_csv(model, files, out, chunk=7)
+    with open(out, "a") as f:  # and a row cut off mid-write
+        f.write(f"{files[20]},red,0.9")
+    model.predict_proba = real
+    c = predict_to_csv(model, files, out, chunk=7)
+    assert c["skipped"] == 14 and c["predicted"] == len(files) - 14 and c["errors"] == 1
+    rows = list(csv.DictReader(open(out)))
+    assert [r["path"] for r in rows] == files  # every image exactly once, in input order
+    assert rows[-1]["error"] and not rows[-1]["label"]
+    assert all(r["label"] in COLOURS and float(r["probability"]) > 0 for r in rows[:-1])
+    assert predict_to_csv(model, files, out)["predicted"] == 0  # nothing left to do
+
+
+def test_cli_predict_out_writes_csv(deep, tmp_path):
+    out = tmp_path / "p.csv"
+    rc, stdout, err = _run(["predict", str(deep["bundle"]), str(deep["data"]), "--out", str(out)])
+    assert rc == 0, err
+    assert f"{len(deep['files'])} predicted" in stdout
+    rc, stdout, _ = _run(["predict", str(deep["bundle"]), str(deep["data"]), "--out", str(out)])
+    assert rc == 0 and "0 predicted" in stdout and f"{len(deep['files'])} already there" in stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -231,9 +232,30 @@ def lr_find(data: ImageDataset | str | os.PathLike, method: str, *, out: str | o
     return res
 
 
-def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = None):
-    """A model object, or the bundle at a path loaded; optionally set its image limit and workers."""
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = None, runtime: str = "auto"):
+    """A model object, or the bundle at a path loaded; optionally set its image limit and workers.
+
+    ``runtime`` for a bundle path: ``auto`` uses its exported ``model.onnx`` with ONNX Runtime when there
+    is one made from the current weights (else the bundle itself), ``onnx`` requires it, ``torch`` runs
+    the network in torch."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime}: choose auto, torch or onnx")
+    if isinstance(model, (str, os.PathLike)) and not str(model).startswith("imagenet:"):
+        from .deploy.runtime import OnnxModel, onnx_is_current
+
+        folder = Path(model) if Path(model).is_dir() else Path(model).parent
+        if runtime != "torch":
+            ok, why = onnx_is_current(folder)
+            if ok:
+                model = OnnxModel(folder, n_jobs=n_jobs)
+            elif runtime == "onnx":
+                raise ConfigError(f"--runtime onnx: {folder}: {why}; run imgclass export {folder}")
     model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    if runtime == "torch" and hasattr(model, "engine"):
+        model.engine = "torch"
     if max_pixels is not None:
         model.max_pixels = max_pixels
     if n_jobs is not None:

@@ -235,11 +235,23 @@ def predict(
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list: per image, the decided label(s), the top-k and (hierarchical) the path.")] = False,
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or flip+crops (10 views).")] = "none",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write predictions to this CSV (path, label, probability, top_k, error) in chunks; rerunning skips the images already in it.")] = None,
+    runtime: Annotated[str, typer.Option(help="auto (ONNX Runtime when the bundle has an up-to-date model.onnx from imgclass export), torch or onnx.")] = "auto",
 ):
     """Classify images with a trained model: one line per image with the decision and the top-k classes."""
     from .. import api
-    m = api.resolve_model(model, max_pixels=max_pixels, n_jobs=jobs)
+    m = api.resolve_model(model, max_pixels=max_pixels, n_jobs=jobs, runtime=runtime)
     ds = api.images_dataset(images)
+    if out is not None:
+        from ..deploy.batch import predict_to_csv
+
+        c = predict_to_csv(m, list(ds.sources), out, top_k=top_k, tta=tta, log=_err)
+        if json_out:
+            _print_json({"out": str(out), **c})
+        else:
+            typer.echo(f"{out}: {c['predicted']} predicted, {c['skipped']} already there, {c['errors']} unreadable "
+                       f"({c['total']} images)")
+        return
     results = api.predict(m, ds.sources, top_k=top_k, tta=tta)
     errors = dict(m.errors_)
     if json_out:
