@@ -1,0 +1,113 @@
+"""Deploy throughput (issue 8): imgclass predict with an exported ONNX model vs a raw ONNX Runtime
+session fed the same pre-processed tensors, and int8 / dynamic quantisation vs fp32, in one run.
+
+    .venv/bin/python bench/deploy_throughput.py [MODEL] [--val DIR] [--n 1000] [--repeats 2]
+
+MODEL is a deep bundle (default: bench/runs/cifar_lite0_128px_6ep_standard/model, made by
+bench/honest_eval.py: lite0 fine-tuned on cifar10-12k at 128 px). It is copied to a temporary folder,
+exported (fp32, int8 calibrated on 256 training images, dynamic), and scored on the first N val images
+(sorted). Targets: imgclass predict >= 0.9x the raw session; int8 >= 1.7x fp32 with <= 1.0 point
+accuracy drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import HERE, Timer, dataset_path, save, table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default=str(HERE / "runs" / "cifar_lite0_128px_6ep_standard" / "model"))
+    ap.add_argument("--val", default=None)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    if not Path(args.model, "model.json").exists():
+        raise SystemExit(f"bench: {args.model} is not a model bundle; train one (bench/honest_eval.py) or pass a path")
+    val = dataset_path("cifar10-12k", args.val) if args.val is None else Path(args.val)
+    if (val / "val").exists():
+        val = val / "val"
+    import onnxruntime as ort
+
+    import imgclass
+    from imgclass.deploy import OnnxModel, export
+    from imgclass.deploy.export import read_metadata
+
+    ds = imgclass.load_dataset(val)
+    idx = np.arange(min(args.n, len(ds)))
+    sources = [ds.sources[i] for i in idx]
+    y = ds.targets[idx]
+    tmp = Path(tempfile.mkdtemp())
+    run = tmp / "run"
+    shutil.copytree(Path(args.model).parent, run, ignore=shutil.ignore_patterns("checkpoints"))
+    bundle = run / "model"
+    train = Path(val).parent / "train"
+    files = {"fp32": bundle / "model.onnx", "int8": tmp / "int8.onnx", "dynamic": tmp / "dynamic.onnx"}
+    summaries = {}
+    for mode, f in files.items():
+        print(f"  export {mode}", file=sys.stderr, flush=True)
+        summaries[mode] = export(bundle, out=f, quantize_mode=None if mode == "fp32" else mode,
+                                 calibration=str(train) if train.exists() else None, check=mode == "fp32")
+    meta = read_metadata(files["fp32"])
+    from imgclass.features import load_arrays
+    from imgclass.transforms import Preprocess
+
+    arrays, ok, _ = load_arrays(sources, Preprocess.from_dict(meta["preprocess"]))
+    pixels = np.stack(arrays).astype(np.uint8)
+    threads = os.cpu_count() or 1
+
+    def raw_session(f: Path):
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = threads
+        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(f), o, providers=["CPUExecutionProvider"])
+
+    rows = []
+    results = {}
+    for mode, f in files.items():
+        sess = raw_session(f)
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            P = np.concatenate([sess.run(None, {"image": pixels[s:s + 64]})[0] for s in range(0, len(pixels), 64)])
+            best = min(best, time.perf_counter() - t0)
+        acc = float((P.argmax(1) == y[ok]).mean())
+        results[mode] = {"raw_img_s": len(pixels) / best, "accuracy": acc, "bytes": summaries[mode]["bytes"]}
+        rows.append({"runtime": f"raw ONNX Runtime session, {mode} (pre-decoded tensors)", "img/s": len(pixels) / best,
+                     "accuracy": acc, "MB": summaries[mode]["bytes"] / 1e6})
+    model = OnnxModel(bundle)
+    best = float("inf")
+    for _ in range(args.repeats):
+        with Timer() as t:
+            P = model.predict_proba(sources)
+        best = min(best, t.s)
+    acc = float((np.nanargmax(P, 1) == y).mean())
+    results["imgclass_predict_fp32"] = {"img_s": len(sources) / best, "accuracy": acc}
+    rows.append({"runtime": "imgclass predict (OnnxModel, fp32, decoding included)", "img/s": len(sources) / best,
+                 "accuracy": acc, "MB": summaries["fp32"]["bytes"] / 1e6})
+    ratio = results["imgclass_predict_fp32"]["img_s"] / results["fp32"]["raw_img_s"]
+    int8_speed = results["int8"]["raw_img_s"] / results["fp32"]["raw_img_s"]
+    int8_drop = (results["fp32"]["accuracy"] - results["int8"]["accuracy"]) * 100
+    print(table(rows, ["runtime", "img/s", "accuracy", "MB"], f"lite0 bundle {args.model}, {len(sources)} val images, {threads} threads"))
+    print(f"imgclass predict / raw session: {ratio:.2f}x (target >= 0.9); int8 / fp32 speed {int8_speed:.2f}x "
+          f"(target >= 1.7), accuracy drop {int8_drop:.1f} points (target <= 1.0); fp32 export check max abs diff "
+          f"{summaries['fp32']['check']['max_abs_diff']:.1e}")
+    save("deploy_throughput", {"rows": rows, "results": results, "ratio_predict_vs_raw": ratio, "int8_speedup": int8_speed,
+                               "int8_accuracy_drop_points": int8_drop, "check": summaries["fp32"]["check"],
+                               "cpu_flags": sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx", "amx")) or "vnni" in f})
+                               if Path("/proc/cpuinfo").exists() else [],
+                               "command": ".venv/bin/python " + " ".join(sys.argv)})
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
