@@ -3,4 +3,4 @@ imports heavy libraries inside the commands)."""
 
 from __future__ import annotations
 
-from . import cmd_active, cmd_cluster, cmd_curate, cmd_export, cmd_pretrain  # noqa: F401
+from . import cmd_active, cmd_cluster, cmd_curate, cmd_export, cmd_pretrain, cmd_serve  # noqa: F401
