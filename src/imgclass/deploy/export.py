@@ -336,7 +336,9 @@ def compare_with_torch(model, onnx_bytes: bytes, images: np.ndarray) -> dict[str
     try:
         if engine is not None:
             model.engine = "torch"
-        logits = model.logits_from_tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        import torch
+
+        logits = model.logits_from_tensor(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))
         P_torch = model.proba_from_logits(logits)
     finally:
         if engine is not None:
