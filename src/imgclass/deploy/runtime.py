@@ -5,7 +5,7 @@ It behaves like the other models for ``imgclass.predict`` / ``evaluate`` / ``ser
 rule, input size, resize mode) comes from the ONNX file's metadata; the graph itself normalises,
 calibrates and applies the task's activation.
 
-Decoding runs in worker processes while ONNX Runtime works on the previous chunk, so the two overlap.
+Decoding runs in a background thread while ONNX Runtime works on the previous chunk, so the two overlap.
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ class OnnxModel:
         self.hflip = bool(meta.get("hflip", True))
         self.method = meta.get("method")
         self.meta_: dict[str, Any] = {"onnx": str(self.file)}  # calibration is inside the graph
-        self.n_jobs, self.max_pixels, self.batch_size = n_jobs, max_pixels, int(batch_size)
+        # Decoding defaults to one background thread in this process, overlapping ONNX Runtime (which
+        # uses every core): on 2 cores that measured 122 img/s for lite0 at 128 px, the speed of a raw
+        # session on pre-decoded tensors, against 108 img/s with decoding worker processes competing.
+        self.n_jobs = 1 if n_jobs is None else n_jobs
+        self.max_pixels, self.batch_size = max_pixels, int(batch_size)
         self.errors_: list[tuple[str, str]] = []
         self.run_dir = None
 
