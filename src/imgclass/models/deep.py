@@ -3,6 +3,9 @@
 The estimator holds a timm ``nn.Module``; ``imgclass.training`` fits it. Prediction exports the
 network to ONNX once (cached by a hash of its weights) and runs ONNX Runtime, measured several
 times faster than torch eager on this CPU; ``engine="torch"`` keeps everything in torch.
+
+A bundle whose ONNX export is already cached predicts without importing torch or timm (about 5 s
+of start-up): the network is only built from ``weights.safetensors`` when something needs it.
 """
 
 from __future__ import annotations
@@ -19,13 +22,141 @@ import numpy as np
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource
 from ..errors import ConfigError, ModelFormatError
 from ..features import decode_to_tensor
-from ..features.backbones import backbone_config, create_backbone
+from ..features.backbones import (
+    BackboneConfig,
+    backbone_config,
+    create_backbone,
+    looks_like_path,
+    pretrained_dir,
+    resolve_arch,
+)
 from ..features.deep import cache_dir, export_onnx
 from ..tasks.decision import Decision
 from ..transforms import Preprocess
 from .classical import _sources_of, calibrated, predictions, with_gaps
 
 WEIGHTS_FILE = "weights.safetensors"
+
+
+def _state_hash(arrays) -> str:
+    """Digest of ``(name, array)`` pairs in name order, floats as float32: the same for a network's
+    state dict and for the safetensors file it was saved to."""
+    h = hashlib.sha256()
+    for k, v in sorted(arrays, key=lambda kv: kv[0]):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _file_weights_hash(path: Path) -> str | None:
+    """``_state_hash`` of a bundle's weights file, read without torch (``None`` if numpy cannot read it)."""
+    try:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+    except Exception:  # e.g. bfloat16, which numpy lacks: the network is then loaded as usual
+        return None
+    return _state_hash((k, v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in tensors.items())
+
+
+def _arch_of(backbone: str) -> str:
+    """``backbone_config(backbone).arch`` without importing timm for plain architecture names."""
+    if pretrained_dir(backbone) is not None or looks_like_path(backbone):
+        return backbone_config(backbone).arch
+    return resolve_arch(backbone)
+
+
+def _decode_pixels(sources, preprocess: Preprocess, n_jobs: int | None, max_pixels: int | None,
+                   description: str):
+    """``decode_to_tensor`` as a numpy ``(n_ok, 3, H, W)`` uint8 array: ONNX Runtime needs no torch."""
+    from ..features import MAX_IN_MEMORY_BYTES, RawPixels, extract_features
+
+    if preprocess.size is None:
+        raise ConfigError("decoding into a tensor needs a fixed pre-processing size (--img-size)")
+    h, w = (preprocess.size, preprocess.size) if isinstance(preprocess.size, int) else preprocess.size
+    n_bytes = len(sources) * h * w * 3
+    if n_bytes > MAX_IN_MEMORY_BYTES:
+        raise ConfigError(f"{len(sources)} images at {h}x{w} need {n_bytes / 1e9:.1f} GB in memory; use a "
+                          "smaller --img-size (streaming from disk is not implemented yet)")
+    feats = extract_features(RawPixels(), sources, preprocess, n_jobs=n_jobs, max_pixels=max_pixels,
+                             description=description)
+    arr = feats.X.astype(np.uint8).reshape(-1, h, w, 3) if len(feats.X) else np.zeros((0, h, w, 3), np.uint8)
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2)), feats.ok, feats.errors
+
+
+def fold_static_pads(onnx_bytes: bytes) -> bytes:
+    """Fold zero ``Pad`` nodes feeding a ``Conv`` into the convolution's own ``pads``.
+
+    timm's TF-style "same" convolutions (``tf_efficientnet_lite*``) export as a ``Pad`` whose amounts
+    are computed from the input shape at run time. ONNX Runtime cannot fuse those: each one splits the
+    blocked (NCHWc) convolution chain with layout reorders, about a quarter of lite0's time. The
+    exported input has a fixed height and width, so the amounts are constants: they are evaluated once
+    (at two batch sizes, to make sure they do not depend on it) and moved into the ``Conv``. The result
+    is numerically identical. Any doubt leaves the graph as it is."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import helper
+
+        model = onnx.load_from_string(onnx_bytes)
+        g = model.graph
+        consumers: dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        outputs = {o.name for o in g.output}
+        cands = []
+        for n in g.node:
+            mode = next((a.s for a in n.attribute if a.name == "mode"), b"constant")
+            users = consumers.get(n.output[0], []) if n.op_type == "Pad" else []
+            if (n.op_type == "Pad" and mode == b"constant" and len(n.input) >= 2 and n.output[0] not in outputs
+                    and len(users) == 1 and users[0].op_type == "Conv"
+                    and all(a.s in (b"", b"NOTSET") for a in users[0].attribute if a.name == "auto_pad")):
+                cands.append((n, users[0]))
+        has_subgraphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                            for n in g.node for a in n.attribute)
+        if not cands or len(g.input) != 1 or has_subgraphs:
+            return onnx_bytes
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in g.input[0].type.tensor_type.shape.dim]
+        if len(dims) != 4 or None in dims[1:]:
+            return onnx_bytes
+        want = sorted({x for p, _ in cands for x in p.input[1:3] if x})
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.extend(helper.make_empty_tensor_value_info(w) for w in want)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        vals = [dict(zip(want, sess.run(want, {g.input[0].name: np.zeros([b, *dims[1:]], np.float32)})))
+                for b in (1, 2)]
+        folded = 0
+        for pad, conv in cands:
+            pads = np.asarray(vals[0][pad.input[1]]).ravel()
+            value = vals[0].get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else None
+            if (len(pads) != 8 or not np.array_equal(pads, np.asarray(vals[1][pad.input[1]]).ravel())
+                    or pads.min() < 0 or pads[[0, 1, 4, 5]].any()
+                    or (value is not None and np.asarray(value).size and float(np.asarray(value).ravel()[0]) != 0.0)):
+                continue
+            old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+            new = [old[0] + int(pads[2]), old[1] + int(pads[3]), old[2] + int(pads[6]), old[3] + int(pads[7])]
+            keep = [a for a in conv.attribute if a.name != "pads"]
+            del conv.attribute[:]
+            conv.attribute.extend([*keep, helper.make_attribute("pads", new)])
+            conv.input[0] = pad.input[0]
+            folded += 1
+        if not folded:
+            return onnx_bytes
+        need, live = set(outputs), []  # drop the shape arithmetic nothing reads any more
+        for n in reversed(g.node):
+            if any(o in need for o in n.output):
+                live.append(n)
+                need.update(i for i in n.input if i)
+        del g.node[:]
+        g.node.extend(reversed(live))
+        onnx.checker.check_model(model)
+        return model.SerializeToString()
+    except Exception:  # an optimisation only: never fail prediction on it
+        return onnx_bytes
 
 
 class DeepClassifier:
@@ -40,18 +171,20 @@ class DeepClassifier:
     def __init__(self, backbone: str, pretrained: str | None = "imagenet", img_size: int | None = None,
                  preprocess: Preprocess | None = None, train_config: dict[str, Any] | None = None, seed: int = 0,
                  n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, method: str | None = None,
-                 engine: str = "onnx"):
+                 engine: str = "onnx", *, _defer_backbone: bool = False):
         self.backbone, self.pretrained = backbone, pretrained
-        self.backbone_cfg = backbone_config(backbone)
-        size = int(img_size or self.backbone_cfg.input_size)
-        if preprocess is None:
-            preprocess = Preprocess(size=size, resize="crop" if pretrained else "squash",
-                                    interpolation=self.backbone_cfg.interpolation, mean=self.backbone_cfg.mean,
-                                    std=self.backbone_cfg.std)
-        if preprocess.size is None:
-            preprocess = replace(preprocess, size=size)
-        if preprocess.mean is None:
-            preprocess = replace(preprocess, mean=self.backbone_cfg.mean, std=self.backbone_cfg.std)
+        # ``_defer_backbone`` (bundles, whose pre-processing is complete): timm is only imported when needed
+        self._backbone_cfg: BackboneConfig | None = None if _defer_backbone else backbone_config(backbone)
+        if preprocess is None or preprocess.size is None or preprocess.mean is None:
+            size = int(img_size or self.backbone_cfg.input_size)
+            if preprocess is None:
+                preprocess = Preprocess(size=size, resize="crop" if pretrained else "squash",
+                                        interpolation=self.backbone_cfg.interpolation, mean=self.backbone_cfg.mean,
+                                        std=self.backbone_cfg.std)
+            if preprocess.size is None:
+                preprocess = replace(preprocess, size=size)
+            if preprocess.mean is None:
+                preprocess = replace(preprocess, mean=self.backbone_cfg.mean, std=self.backbone_cfg.std)
         self.preprocess = preprocess
         self.train_config = dict(train_config or {})
         self.seed, self.n_jobs, self.max_pixels, self.engine = seed, n_jobs, max_pixels, engine
@@ -61,7 +194,9 @@ class DeepClassifier:
         self.taxonomy_: dict | None = None
         self.decision_ = None
         self.hierarchy = "flat"  # hierarchical tasks: flat (leaf softmax) | local (softmax per parent node)
-        self.model_ = None
+        self._net = None
+        self._pending: tuple[str, int] | None = None  # (weights file, outputs) of a bundle network not built yet
+        self._pending_key: str | None = None  # its ``_weights_hash``
         self.errors_: list[tuple[str, str]] = []
         self.history_: list[dict] = []
         self.meta_: dict[str, Any] = {}
@@ -69,6 +204,34 @@ class DeepClassifier:
         self._onnx: tuple[str, Any] | None = None
 
     # ---------------------------------------------------------------- network
+    @property
+    def backbone_cfg(self) -> BackboneConfig:
+        if self._backbone_cfg is None:
+            self._backbone_cfg = backbone_config(self.backbone)
+        return self._backbone_cfg
+
+    @property
+    def model_(self):
+        """The torch network (``None`` until trained); a bundle's is built on first use."""
+        if self._net is None and self._pending is not None:
+            self._net = self._load_network(*self._pending)
+            self._pending = self._pending_key = None
+        return self._net
+
+    @model_.setter
+    def model_(self, net) -> None:
+        self._net, self._pending, self._pending_key = net, None, None
+
+    def _load_network(self, wfile: str, n_outputs: int):
+        from safetensors.torch import load_file
+
+        try:
+            net = create_backbone(self.backbone, pretrained=None, num_classes=n_outputs)
+            net.load_state_dict(load_file(wfile), strict=True)
+        except RuntimeError as exc:
+            raise ModelFormatError(f"{wfile}: weights do not fit {self.backbone} ({str(exc).splitlines()[0]})") from None
+        return net.eval()
+
     def build_network(self, num_classes: int, drop_rate: float = 0.0):
         """Create the network with ``num_classes`` outputs (pretrained weights per ``pretrained``)."""
         kwargs = {"drop_rate": drop_rate} if drop_rate else {}
@@ -97,19 +260,26 @@ class DeepClassifier:
         """False when trained with ``--no-hflip``: a mirrored image is another class."""
         return bool(self.train_config.get("hflip", True))
 
+    @property
+    def is_fitted(self) -> bool:
+        return self._net is not None or self._pending is not None
+
     def _check_fitted(self):
-        if self.model_ is None:
+        if not self.is_fitted:
             raise ConfigError("this model is not trained yet; call imgclass.train() or load a bundle")
 
     def _weights_hash(self) -> str:
+        if self._net is None and self._pending_key is not None:  # the bundle's file, not loaded yet
+            return self._pending_key
         import torch
 
-        h = hashlib.sha256()
-        for k, v in self.model_.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().to(torch.float32).contiguous().numpy().tobytes() if v.dtype.is_floating_point
-                     else v.detach().contiguous().numpy().tobytes())
-        return h.hexdigest()[:20]
+        return _state_hash((k, (v.detach().to(torch.float32) if v.dtype.is_floating_point else v.detach()).numpy())
+                           for k, v in self.model_.state_dict().items())
+
+    def _onnx_path(self, key: str) -> Path:
+        size = self.preprocess.size if isinstance(self.preprocess.size, int) else self.preprocess.size[0]
+        arch = self._backbone_cfg.arch if self._backbone_cfg is not None else _arch_of(self.backbone)
+        return cache_dir() / "onnx" / f"deep-{arch}-{size}-{key}-foldpad.onnx"
 
     def _session(self):
         """An ONNX Runtime session for the current weights (exported once, cached on disk)."""
@@ -119,9 +289,11 @@ class DeepClassifier:
         if self._onnx is not None and self._onnx[0] == key:
             return self._onnx[1]
         size = self.preprocess.size if isinstance(self.preprocess.size, int) else self.preprocess.size[0]
-        path = cache_dir() / "onnx" / f"deep-{self.backbone_cfg.arch}-{size}-{key}.onnx"
+        path = self._onnx_path(key)
         if not path.exists():
-            export_onnx(self.model_, size, path)
+            from .._util import atomic_write_bytes
+
+            atomic_write_bytes(path, fold_static_pads(export_onnx(self.model_, size)))
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "0")) or (os.cpu_count() or 1)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -129,7 +301,7 @@ class DeepClassifier:
         return sess
 
     def logits_from_tensor(self, x, batch_size: int = 64) -> np.ndarray:
-        """Logits for a uint8 ``(n, 3, h, w)`` tensor (flip TTA when the model was trained with it)."""
+        """Logits for a uint8 ``(n, 3, h, w)`` tensor or array (flip TTA when the model was trained with it)."""
         self._check_fitted()
         mean = np.asarray(self.preprocess.mean, np.float32).reshape(1, 3, 1, 1) * 255
         std = np.asarray(self.preprocess.std, np.float32).reshape(1, 3, 1, 1) * 255
@@ -148,10 +320,12 @@ class DeepClassifier:
                 with torch.no_grad():
                     return net(torch.from_numpy(np.ascontiguousarray(a))).numpy()
         for s in range(0, len(x), batch_size):
-            a = (x[s:s + batch_size].numpy().astype(np.float32) - mean) / std
-            logits = run(a)
-            if self.tta:
-                logits = (logits + run(a[..., ::-1])) / 2
+            a = (np.asarray(x[s:s + batch_size]).astype(np.float32) - mean) / std
+            if self.tta:  # the image and its mirror in one pass
+                logits = run(np.concatenate([a, a[..., ::-1]]))
+                logits = (logits[:len(a)] + logits[len(a):]) / 2
+            else:
+                logits = run(a)
             out.append(logits)
         return np.concatenate(out) if out else np.zeros((0, self.n_outputs), np.float32)
 
@@ -172,8 +346,9 @@ class DeepClassifier:
         """``(n, n_classes)`` probabilities; NaN rows for images that could not be read."""
         self._check_fitted()
         sources = _sources_of(X)
-        x, ok, errors = decode_to_tensor(sources, self.preprocess, n_jobs=self.n_jobs, max_pixels=self.max_pixels,
-                                         description="predict")
+        decode = _decode_pixels if self.engine == "onnx" else decode_to_tensor
+        x, ok, errors = decode(sources, self.preprocess, n_jobs=self.n_jobs, max_pixels=self.max_pixels,
+                               description="predict")
         self.errors_ = errors
         return with_gaps(len(sources), ok, self.proba_from_logits(self.logits_from_tensor(x)) if len(x) else [],
                          len(self.classes_))
@@ -189,27 +364,28 @@ class DeepClassifier:
 
     @classmethod
     def from_bundle(cls, folder: Path, meta: dict[str, Any]) -> DeepClassifier:
-        from safetensors.torch import load_file
-
         wfile = folder / WEIGHTS_FILE
         if not wfile.exists():
             raise ModelFormatError(f"{folder}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
         try:
             model = cls(meta["backbone"], pretrained=None, preprocess=Preprocess.from_dict(meta["preprocessing"]),
-                        train_config=meta.get("train_config"), seed=meta.get("seed", 0), method=meta.get("method"))
+                        train_config=meta.get("train_config"), seed=meta.get("seed", 0), method=meta.get("method"),
+                        _defer_backbone=True)
             model.pretrained = meta.get("pretrained")
             model.classes_ = list(meta["classes"])
             model.task_ = meta.get("task", "multiclass")
             model.taxonomy_ = meta.get("taxonomy")
             model.decision_ = Decision.from_dict(meta["decision"]) if meta.get("decision") else None
             model.hierarchy = meta.get("hierarchy", "flat")
-            net = create_backbone(meta["backbone"], pretrained=None, num_classes=model.n_outputs)
-            net.load_state_dict(load_file(str(wfile)), strict=True)
+            # an ONNX export of exactly these weights is cached (so they fit the backbone): build the
+            # torch network only if something asks for it; otherwise build and check it now
+            key = _file_weights_hash(wfile) if model.engine == "onnx" and model.preprocess.size else None
+            if key is not None and model._onnx_path(key).exists():
+                model._pending, model._pending_key = (str(wfile), model.n_outputs), key
+            else:
+                model.model_ = model._load_network(str(wfile), model.n_outputs)
         except (KeyError, TypeError) as exc:
             raise ModelFormatError(f"{folder}: bad model.json field {exc}") from None
-        except RuntimeError as exc:
-            raise ModelFormatError(f"{wfile}: weights do not fit {meta.get('backbone')} ({str(exc).splitlines()[0]})") from None
-        model.model_ = net.eval()
         model.history_ = list(meta.get("history") or [])
         model.meta_ = {k: meta.get(k) for k in ("calibration", "metrics", "data_fingerprint")}
         model.meta_["bundle"] = str(folder)
@@ -220,5 +396,5 @@ class DeepClassifier:
                 "train_config": self.train_config, "hierarchy": self.hierarchy}
 
     def __repr__(self) -> str:
-        return f"DeepClassifier(method={self.method!r}, classes={len(self.classes_)}, fitted={self.model_ is not None})"
+        return f"DeepClassifier(method={self.method!r}, classes={len(self.classes_)}, fitted={self.is_fitted})"
 
