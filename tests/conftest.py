@@ -17,6 +17,13 @@ from PIL import Image
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
 
+#: Debian's Chromium and the flags every browser test launches it with (Playwright's own downloads are not used)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+CHROMIUM_INSTALL_HINT = "apt-get install -y chromium; pip install playwright"
+
+
 def colour_array(rgb, rng: np.random.Generator, size: int = 20, noise: float = 25.0) -> np.ndarray:
     base = np.asarray(rgb, dtype=np.float64)[None, None, :]
     return np.clip(base + rng.normal(0.0, noise, (size, size, 3)), 0, 255).astype(np.uint8)

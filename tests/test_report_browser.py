@@ -10,15 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_colour_dataset
+from conftest import CHROMIUM, CHROMIUM_ARGS, write_colour_dataset
+from conftest import CHROMIUM_INSTALL_HINT as INSTALL_HINT
 from PIL import Image
 
 import imgclass
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
-INSTALL_HINT = "apt-get install -y chromium; pip install playwright"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: close colours, so the tiny model makes some mistakes and the top-losses gallery has real losses

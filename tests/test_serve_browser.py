@@ -21,15 +21,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import write_colour_dataset
+from conftest import CHROMIUM, CHROMIUM_ARGS, write_colour_dataset
+from conftest import CHROMIUM_INSTALL_HINT as INSTALL_HINT
 from PIL import Image
 
 import imgclass
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
-INSTALL_HINT = "apt-get install -y chromium; pip install playwright"
 KEY = "page-test-key"
 
 

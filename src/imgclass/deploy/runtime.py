@@ -73,21 +73,18 @@ class OnnxModel:
         """``(n, n_classes)`` probabilities; NaN rows (and ``errors_`` entries) for unreadable images."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..features import RawPixels, extract_features
+        from ..features import decode_to_array
 
         sources = list(X.sources) if hasattr(X, "sources") else list(X)
-        size = self.preprocess.size
-        h, w = (size, size) if isinstance(size, int) else size
         out = np.full((len(sources), len(self.classes_)), np.nan)
         errors: list[tuple[str, str]] = []
         chunk = 512
         starts = list(range(0, len(sources), chunk))
 
         def decode(s: int):
-            f = extract_features(RawPixels(), sources[s:s + chunk], self.preprocess, n_jobs=self.n_jobs,
-                                 max_pixels=self.max_pixels, description="predict")
-            px = f.X.astype(np.uint8).reshape(-1, h, w, 3) if len(f.X) else np.zeros((0, h, w, 3), np.uint8)
-            return s, px, f.ok, f.errors
+            px, ok, errs = decode_to_array(sources[s:s + chunk], self.preprocess, self.n_jobs, self.max_pixels,
+                                           "predict", layout="NHWC")
+            return s, px, ok, errs
 
         # decode chunk k+1 (worker processes) while ONNX Runtime scores chunk k
         with ThreadPoolExecutor(max_workers=1) as pool:

@@ -253,14 +253,12 @@ class RawPixels(FeatureExtractor):
         return np.stack(images).reshape(len(images), -1).astype(np.uint8)
 
 
-def decode_to_tensor(sources: Sequence[ImageSource], preprocess: Preprocess, n_jobs: int | None = None,
-                     max_pixels: int | None = DEFAULT_MAX_PIXELS, description: str = "decode"):
-    """Decode + pre-process every image once, in parallel, into a ``(n_ok, 3, H, W)`` uint8 torch tensor.
-
-    Returns ``(tensor, ok mask, errors)``; unreadable images are skipped and listed.
-    """
-    import torch
-
+def decode_to_array(sources: Sequence[ImageSource], preprocess: Preprocess, n_jobs: int | None = None,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS, description: str = "decode",
+                    layout: str = "NCHW"):
+    """Decode + pre-process every image once, in parallel, into one uint8 numpy array, ``(n_ok, 3, H, W)``
+    (``layout="NHWC"``: ``(n_ok, H, W, 3)``). Returns ``(array, ok mask, errors)``; unreadable images are
+    skipped and listed."""
     if preprocess.size is None:
         raise ConfigError("decoding into a tensor needs a fixed pre-processing size (--img-size)")
     h, w = (preprocess.size, preprocess.size) if isinstance(preprocess.size, int) else preprocess.size
@@ -271,8 +269,19 @@ def decode_to_tensor(sources: Sequence[ImageSource], preprocess: Preprocess, n_j
     feats = extract_features(RawPixels(), sources, preprocess, n_jobs=n_jobs, max_pixels=max_pixels,
                              description=description)
     arr = feats.X.astype(np.uint8).reshape(-1, h, w, 3) if len(feats.X) else np.zeros((0, h, w, 3), np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2))), feats.ok, feats.errors
+    if layout == "NCHW":
+        arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    return arr, feats.ok, feats.errors
 
 
-__all__ = ["EXTRACTORS", "MAX_IN_MEMORY_BYTES", "Concat", "RawPixels", "decode_to_tensor", "FeatureExtractor", "Features", "extract_features", "extractor_names",
+def decode_to_tensor(sources: Sequence[ImageSource], preprocess: Preprocess, n_jobs: int | None = None,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS, description: str = "decode"):
+    """``decode_to_array`` as a ``(n_ok, 3, H, W)`` uint8 torch tensor."""
+    import torch
+
+    arr, ok, errors = decode_to_array(sources, preprocess, n_jobs, max_pixels, description)
+    return torch.from_numpy(arr), ok, errors
+
+
+__all__ = ["EXTRACTORS", "MAX_IN_MEMORY_BYTES", "Concat", "RawPixels", "decode_to_array", "decode_to_tensor", "FeatureExtractor", "Features", "extract_features", "extractor_names",
            "extractor_params", "load_arrays", "make_extractor", "sample_arrays", "source_name"]

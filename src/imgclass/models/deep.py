@@ -69,19 +69,9 @@ def _arch_of(backbone: str) -> str:
 def _decode_pixels(sources, preprocess: Preprocess, n_jobs: int | None, max_pixels: int | None,
                    description: str):
     """``decode_to_tensor`` as a numpy ``(n_ok, 3, H, W)`` uint8 array: ONNX Runtime needs no torch."""
-    from ..features import MAX_IN_MEMORY_BYTES, RawPixels, extract_features
+    from ..features import decode_to_array
 
-    if preprocess.size is None:
-        raise ConfigError("decoding into a tensor needs a fixed pre-processing size (--img-size)")
-    h, w = (preprocess.size, preprocess.size) if isinstance(preprocess.size, int) else preprocess.size
-    n_bytes = len(sources) * h * w * 3
-    if n_bytes > MAX_IN_MEMORY_BYTES:
-        raise ConfigError(f"{len(sources)} images at {h}x{w} need {n_bytes / 1e9:.1f} GB in memory; use a "
-                          "smaller --img-size (streaming from disk is not implemented yet)")
-    feats = extract_features(RawPixels(), sources, preprocess, n_jobs=n_jobs, max_pixels=max_pixels,
-                             description=description)
-    arr = feats.X.astype(np.uint8).reshape(-1, h, w, 3) if len(feats.X) else np.zeros((0, h, w, 3), np.uint8)
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2)), feats.ok, feats.errors
+    return decode_to_array(sources, preprocess, n_jobs, max_pixels, description)
 
 
 def fold_static_pads(onnx_bytes: bytes) -> bytes:
