@@ -6,6 +6,7 @@ disk outside them and nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -22,6 +23,40 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update"]
 CHROMIUM_INSTALL_HINT = "apt-get install -y chromium; pip install playwright"
+
+
+def run_cli(argv):
+    """``imgclass`` ``main(argv)`` in this process with stdout/stderr captured: (exit code, stdout, stderr)."""
+    from imgclass.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def sync_playwright_or_skip():
+    """Playwright's sync API, or a skip saying how to install what is missing."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} ({CHROMIUM_INSTALL_HINT})")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip(f"playwright is not importable ({CHROMIUM_INSTALL_HINT})")
+    return sync_playwright
+
+
+@contextlib.contextmanager
+def quiet_env(base: Path, **extra: str):
+    """What the autouse fixture below sets, for module-scoped fixtures (which run before it); ``extra``
+    sets more environment variables."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLASS_JOBS", "1")
+        mp.setenv("IMGCLASS_PROGRESS", "0")
+        mp.setenv("IMGCLASS_CACHE", str(base / "imgclass-cache"))
+        for k, v in extra.items():
+            mp.setenv(k, v)
+        yield
 
 
 def colour_array(rgb, rng: np.random.Generator, size: int = 20, noise: float = 25.0) -> np.ndarray:

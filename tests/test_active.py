@@ -5,32 +5,23 @@ Everything runs on tiny generated colour images with ``pixels+logreg`` (fast, no
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import colour_array, write_colour_dataset
+from conftest import run_cli as _run
 from PIL import Image
 
-from imgclass.cli import main
 from imgclass.errors import ConfigError, DataError
 from imgclass.learning import active
 from imgclass.learning.active import kcenter_greedy, select, simulate, suggest, uncertainty
 
 METHOD = "pixels+logreg"
 RED, GREEN, BLUE = (200, 40, 40), (40, 200, 40), (40, 40, 200)
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _one_line_error(rc, out, err, *needles):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -12,19 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as _run
 
 from imgclass.cli import main
 
 COMMANDS = [["train"], ["evaluate"], ["predict"], ["compare"], ["methods"], ["data", "check"], ["cluster"],
             ["active"], ["active", "suggest"], ["active", "simulate"], ["pretrain"]]
-
-
-def _run(argv):
-    """main(argv) with stdout/stderr captured; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 # --------------------------------------------------------------------------- help

@@ -4,31 +4,22 @@ user errors in one line with exit code 2."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as _run
 
 import imgclass
-from imgclass.cli import main
 from imgclass.errors import ConfigError, DataError
 from imgclass.learning.cluster import ALGORITHMS, SELF_K, cluster, cluster_accuracy
 
 FOUR = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200), "yellow": (210, 210, 30)}
 FAST = {"features": "color_hist", "n_jobs": 1}
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,17 @@ Everything runs on tiny generated images (64 px shapes, noise) with ``color_hist
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as _run
 from PIL import Image, ImageDraw, ImageFilter
 
-from imgclass.cli import main
 from imgclass.curation import DEFAULT_EXCLUDE, curate
 from imgclass.curation.duplicates import candidate_pairs, exact_groups, groups_from_pairs
 from imgclass.curation.labels import confident_learning, out_of_fold_probabilities
@@ -62,13 +60,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 def _read_csv(path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _one_line_error(rc, out, err, *needles) -> str:

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as _run
 from PIL import Image
 
 import imgclass
-from imgclass.cli import main
 from imgclass.deploy import OnnxModel, export, read_metadata
 from imgclass.errors import ConfigError
 
 SIZE = 24
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _write(root: Path, n: int = 10, seed: int = 0, size: int = 28) -> Path:

@@ -9,18 +9,17 @@ Torch runs on one thread here: on a busy two-core machine that is several times 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import quiet_env
+from conftest import run_cli as _run
 from PIL import Image
 
 import imgclass
-from imgclass.cli import main
 from imgclass.errors import ConfigError
 from imgclass.evaluation.explain import Explanation, _cam_layer, _score_fn
 from imgclass.models.deep import DeepClassifier
@@ -33,17 +32,6 @@ SMALL = 16  # side of the two-tone images (multi-label, hierarchical)
 
 
 # --------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _quiet_env(base: Path):
-    """What conftest's autouse fixture sets, for module-scoped fixtures (which run before it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMGCLASS_JOBS", "1")
-        mp.setenv("IMGCLASS_PROGRESS", "0")
-        mp.setenv("IMGCLASS_CACHE", str(base / "imgclass-cache"))
-        mp.setenv("IMGCLASS_ORT_THREADS", "1")
-        yield
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
     before = torch.get_num_threads()
@@ -93,14 +81,6 @@ def _left_right(heat: np.ndarray) -> tuple[float, float]:
     return float(heat[:, :SMALL // 2].mean()), float(heat[:, SMALL // 2:].mean())
 
 
-def _run(argv):
-    """main(argv) with stdout/stderr captured; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def _assert_one_line_error(rc, out, err, *words):
     assert rc == 2, (rc, out, err)
     assert "Traceback" not in err and "Traceback" not in out
@@ -123,7 +103,7 @@ def squares(tmp_path_factory):
             _save(base / "train" / name / f"{name}_{i:02d}.png", _square_image(rgb, rng)[0])
     rng = np.random.default_rng(1)
     test = [(name, *_square_image(rgb, rng)) for name, rgb in SQUARE_COLOURS.items() for _ in range(5)]
-    with _quiet_env(base):
+    with quiet_env(base, IMGCLASS_ORT_THREADS="1"):
         cnn = imgclass.train(base / "train", method="smallcnn", img_size=SIZE, val_split=0.2, n_jobs=1, seed=0,
                              train_config={"epochs": 6, "batch_size": 16, "lr": 3e-3, "augment": "light"})
         pixels = imgclass.train(base / "train", method="pixels+logreg", out=base / "pixels", val_split=0.2,
@@ -239,7 +219,7 @@ def multilabel(tmp_path_factory):
             _save(base / "img" / f"{a}_{b}_{i}.png", _two_tone(left, right, rng))
             rows.append(f"img/{a}_{b}_{i}.png,{a}|{b}")
     (base / "ml.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    with _quiet_env(base):
+    with quiet_env(base, IMGCLASS_ORT_THREADS="1"):
         model = imgclass.train(base / "ml.csv", method="pixels+logreg", val_split=0.25, n_jobs=1, seed=0)
     assert model.task_ == "multilabel"
     return model
@@ -281,7 +261,7 @@ def hier(tmp_path_factory):
     for cls, rgb in {"warm/red": RED, "warm/orange": ORANGE, "cool/blue": BLUE, "cool/green": GREEN}.items():
         for i in range(10):
             _save(base / "data" / cls / f"{cls.split('/')[1]}_{i}.png", _noisy(rgb, rng))
-    with _quiet_env(base):
+    with quiet_env(base, IMGCLASS_ORT_THREADS="1"):
         model = imgclass.train(base / "data", method="pixels+logreg", val_split=0.25, n_jobs=1, seed=0)
     assert model.task_ == "hierarchical"
     return model

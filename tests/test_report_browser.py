@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, write_colour_dataset
-from conftest import CHROMIUM_INSTALL_HINT as INSTALL_HINT
+from conftest import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip, write_colour_dataset
 from PIL import Image
 
 import imgclass
@@ -25,17 +23,6 @@ NEAR_COLOURS = {"red": (170, 70, 60), "orange": (175, 95, 50), "blue": (50, 60, 
 IMAGES_JS = """() => Array.from(document.images).map(img => ({
     alt: img.getAttribute('alt') || '', cls: img.className, complete: img.complete,
     width: img.naturalWidth, height: img.naturalHeight, src: img.currentSrc.slice(0, 32)}))"""
-
-
-def _sync_playwright():
-    """Playwright's sync API, or a skip saying how to install what is missing."""
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} ({INSTALL_HINT})")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip(f"playwright is not importable ({INSTALL_HINT})")
-    return sync_playwright
 
 
 def open_report(report: Path, screenshot: Path) -> tuple[list[dict], list[str]]:
@@ -52,7 +39,7 @@ def open_report(report: Path, screenshot: Path) -> tuple[list[dict], list[str]]:
         else:
             r.abort()
 
-    with _sync_playwright()() as p:
+    with sync_playwright_or_skip()() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -93,7 +80,7 @@ def check_report_in_browser(report: Path, screenshot: Path) -> list[dict]:
 
 
 def test_training_report_images_load_in_chromium(tmp_path):
-    _sync_playwright()  # skip before training when the browser or playwright is missing
+    sync_playwright_or_skip()  # skip before training when the browser or playwright is missing
     data = write_colour_dataset(tmp_path / "data", n_per_class=12, size=20, seed=5, classes=NEAR_COLOURS)
     model = imgclass.train(data, method="hog+logreg", out=tmp_path / "run", n_jobs=1, seed=0)
     report = Path(model.run_dir) / "report.html"

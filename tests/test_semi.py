@@ -3,26 +3,17 @@ FixMatch (deep). Labels found among the unlabelled images only score the pseudo-
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
 import numpy as np
 import pytest
+from conftest import run_cli as _run
 from conftest import write_colour_dataset
 
 import imgclass
-from imgclass.cli import main
 
 CLASSES = {"red": (200, 30, 30), "green": (30, 180, 30), "blue": (30, 40, 200)}
-
-
-def _run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

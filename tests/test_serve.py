@@ -10,7 +10,6 @@ trained here on tiny generated images.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import noise_bytes, write_colour_dataset
+from conftest import noise_bytes, quiet_env, write_colour_dataset
 from PIL import Image
 
 import imgclass
@@ -34,16 +33,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from imgclass.serve import ENV_CONFIG, app_from_env, create_app  # noqa: E402
 
 MB = 2**20
-
-
-@contextlib.contextmanager
-def _quiet_env(base: Path):
-    """What conftest's autouse fixture sets, for module-scoped fixtures (which run before it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMGCLASS_JOBS", "1")
-        mp.setenv("IMGCLASS_PROGRESS", "0")
-        mp.setenv("IMGCLASS_CACHE", str(base / "imgclass-cache"))
-        yield
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -71,7 +60,7 @@ def served(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     root = tmp_path_factory.mktemp("serve")
     data = write_colour_dataset(root / "colours", seed=3)
-    with _quiet_env(base):
+    with quiet_env(base):
         ch = imgclass.train(data, method="color_hist+logreg", n_jobs=1, seed=0)
         ch.save(root / "ch")
         cnn = imgclass.train(data, method="smallcnn", img_size=32, n_jobs=1, seed=0,
@@ -90,7 +79,7 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(served):
     """The ``color_hist+logreg`` bundle served with a 1 MB upload limit."""
-    with _quiet_env(served["base"]):
+    with quiet_env(served["base"]):
         app = create_app(served["ch"], max_upload_bytes=1 * MB)
         with TestClient(app) as c:
             yield c
@@ -98,7 +87,7 @@ def client(served):
 
 @pytest.fixture(scope="module")
 def cnn_client(served):
-    with _quiet_env(served["base"]):
+    with quiet_env(served["base"]):
         with TestClient(create_app(served["cnn"])) as c:
             yield c
 

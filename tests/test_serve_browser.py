@@ -16,28 +16,16 @@ import math
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, write_colour_dataset
-from conftest import CHROMIUM_INSTALL_HINT as INSTALL_HINT
+from conftest import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip, write_colour_dataset
 from PIL import Image
 
 import imgclass
 
 KEY = "page-test-key"
-
-
-def _sync_playwright():
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} ({INSTALL_HINT})")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip(f"playwright is not importable ({INSTALL_HINT})")
-    return sync_playwright
 
 
 def _free_port() -> int:
@@ -80,7 +68,7 @@ BARS_JS = """() => Array.from(document.querySelectorAll('#bars .bar')).map(li =>
 
 
 def test_page_predicts_and_overlays_gradcam(tmp_path):
-    sync_playwright = _sync_playwright()
+    sync_playwright = sync_playwright_or_skip()
     from imgclass.serve import create_app
 
     data = write_colour_dataset(tmp_path / "colours", seed=3)

@@ -7,19 +7,17 @@ Every image is a tiny generated noisy colour square (12 px), so the whole file r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_colour_dataset
+from conftest import quiet_env, write_colour_dataset
+from conftest import run_cli as _run
 from PIL import Image
 
 import imgclass
-from imgclass.cli import main
 from imgclass.errors import ConfigError, DataError, ImgclassError
 from imgclass.tasks.decision import Decision
 
@@ -50,24 +48,6 @@ def _save(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _quiet_env(base: Path):
-    """What conftest's autouse fixture sets, for module-scoped fixtures (which run before it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMGCLASS_JOBS", "1")
-        mp.setenv("IMGCLASS_PROGRESS", "0")
-        mp.setenv("IMGCLASS_CACHE", str(base / "imgclass-cache"))
-        yield
-
-
-def _run(argv):
-    """main(argv) with stdout/stderr captured; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def _meta(bundle: Path) -> dict:
     return json.loads((Path(bundle) / "model.json").read_text(encoding="utf-8"))
 
@@ -93,7 +73,7 @@ def binary(tmp_path_factory):
     base = tmp_path_factory.mktemp("binary")
     data = _write_binary(base / "data")
     logs: list[str] = []
-    with _quiet_env(base):
+    with quiet_env(base):
         prec = imgclass.train(data, method="pixels+logreg", out=base / "prec", seed=0, val_split=0.3, n_jobs=1,
                               threshold_for="precision=0.9", log=logs.append)
         first = imgclass.train(data, method="pixels+logreg", out=base / "first", seed=0, val_split=0.3, n_jobs=1,
@@ -233,7 +213,7 @@ def multilabel(tmp_path_factory):
     base = tmp_path_factory.mktemp("multilabel")
     csv_file = _write_multilabel(base / "data")
     test_csv = _write_multilabel(base / "test", n=4, seed=9)
-    with _quiet_env(base):
+    with quiet_env(base):
         model = imgclass.train(csv_file, method="color_hist+logreg", out=base / "run", seed=0, val_split=0.25,
                                n_jobs=1)
     return {"base": base, "csv": csv_file, "test_csv": test_csv, "model": model,
@@ -340,7 +320,7 @@ def hier(tmp_path_factory):
     mid = tuple((a + b) / 2 for a, b in zip(RED, ORANGE))  # between red and orange: surely warm, not which
     ambiguous = [str(_save(base / "amb" / f"amb_{i}.png", _noisy(mid, rng, noise=8.0))) for i in range(6)]
     models = {}
-    with _quiet_env(base):
+    with quiet_env(base):
         for strategy in ("flat", "local"):
             models[strategy] = imgclass.train(data, method="pixels+logreg", out=base / strategy, seed=0,
                                               val_split=0.25, n_jobs=1, hierarchy=strategy)
@@ -725,7 +705,7 @@ def test_bad_task_option_writes_no_run_directory(tmp_path, opts):
 def test_deep_multilabel_uses_a_sigmoid_head_and_round_trips(multilabel, tmp_path):
     """A deep multi-label model: independent per-label probabilities (not a softmax), BCE training,
     per-label thresholds in the bundle, identical predictions after reload."""
-    with _quiet_env(tmp_path):
+    with quiet_env(tmp_path):
         model = imgclass.train(multilabel["csv"], method="test_efficientnet@scratch", img_size=32, out=tmp_path / "r",
                                train_config={**FAST, "epochs": 2}, n_jobs=1)
     assert model.task_ == "multilabel" and "val_micro_f1" in model.history_[-1]
@@ -743,7 +723,7 @@ def test_deep_multilabel_uses_a_sigmoid_head_and_round_trips(multilabel, tmp_pat
 def test_deep_local_hierarchy_scores_every_node(hier, tmp_path):
     """--hierarchy local with a deep model: one output per taxonomy node, a softmax per sibling group;
     leaf probabilities sum to one, and the bundle reloads the node head."""
-    with _quiet_env(tmp_path):
+    with quiet_env(tmp_path):
         model = imgclass.train(hier["data"], method="test_efficientnet@scratch", img_size=32, hierarchy="local",
                                out=tmp_path / "r", train_config={**FAST, "epochs": 2}, n_jobs=1)
     n_nodes = len(model.decision_.tree().nodes)
