@@ -123,11 +123,7 @@ def test_multilabel_export_uses_sigmoid_and_thresholds(tmp_path):
     assert not np.allclose(P.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
 
 
-def test_classical_bundle_export_says_why_not(tmp_path, trained):
-    with pytest.raises(ConfigError, match="feature pipeline"):
-        export(trained["bundle"], out=tmp_path / "x.onnx")
-    rc, _, err = _run(["export", str(trained["bundle"]), "--out", str(tmp_path / "x.onnx")])
-    assert rc == 2 and "feature pipeline" in err and "Traceback" not in err
+# feature pipelines (pixels+logreg exports, hog+svm says why not): tests/test_export_classical.py
 
 
 def test_cli_export_check_and_bad_options(deep, tmp_path):

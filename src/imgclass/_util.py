@@ -144,6 +144,8 @@ class _NullBar:
 
 
 def _progress_enabled() -> bool:
+    if os.environ.get("RANK", "0") not in ("", "0"):  # under torchrun only rank 0 draws bars
+        return False
     flag = os.environ.get("IMGCLASS_PROGRESS", "")
     if flag in ("0", "1"):
         return flag == "1"

@@ -20,7 +20,7 @@ from .training import RunDir, check_task_options, fit_model
 from .transforms import Preprocess
 
 __all__ = ["compare", "cv", "evaluate", "robustness", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
-           "train"]
+           "train", "tune"]
 
 
 def _as_preprocess(pre: Preprocess | dict | None) -> Preprocess | None:
@@ -44,7 +44,7 @@ def prepare_split(ds: ImageDataset, val_split: float = 0.2, seed: int = 0, split
     return idx, ds.subset(idx["train"], f"{ds.name}:train"), ds.subset(idx["val"], f"{ds.name}:val")
 
 
-def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "hog+svm",
+def train(data: ImageDataset | str | os.PathLike | None = None, method: str | None = None,
           val: ImageDataset | None = None, *, val_split: float = 0.2, seed: int = 0,
           out: str | os.PathLike | None = None, task: str | None = None, split_file: str | None = None,
           n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -55,8 +55,9 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
           calibrate: bool = True, unlabeled: ImageDataset | str | os.PathLike | None = None,
           semi: str | None = None, pseudo_threshold: float | None = None,
           exclude: str | os.PathLike | None = None,
+          params: dict[str, Any] | str | os.PathLike | None = None,
           log: Callable[[str], Any] = lambda m: None):
-    """Train ``method`` on ``data``. With ``out`` the whole run directory is written.
+    """Train ``method`` (default ``hog+svm``) on ``data``. With ``out`` the whole run directory is written.
 
     ``data`` is a dataset or a path. When ``val`` is not given, a seeded stratified split of ``data``
     (or its pre-split folders, or ``split_file``) provides it. Returns the fitted model; its
@@ -81,6 +82,11 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
 
     ``exclude``: a CSV with a ``path`` column (``excluded.csv`` from ``imgclass curate``); those items
     are left out before splitting.
+
+    ``params``: tuned hyper-parameters, the ``best.json`` written by ``tune`` (its method is the default
+    ``method``) or a dict like its ``"params"``. Deep ones go into ``train_config`` (explicit
+    ``train_config`` values win), classical ones into the classifier and feature extractor; they are
+    kept in ``config.yaml`` and the bundle.
     """
     from .models import parse_spec
 
@@ -88,7 +94,13 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
         return _resume(resume, log)
     if data is None:
         raise ConfigError("train: give DATA (or --resume RUN)")
+    method, param_kw = _tuned_params(method, params)
+    if "train_config" in param_kw:
+        train_config = {**param_kw.pop("train_config"), **(train_config or {})}
     spec = parse_spec(method)  # a bad --method fails before anything is written
+    dist = _init_distributed(spec.kind, train_config)
+    if not dist.is_main:
+        log = _quiet
     ds = _as_dataset(data, task, taxonomy=taxonomy) if taxonomy is not None else _as_dataset(data, task)
     if exclude is not None:
         ds, removed = ds.without(exclude)
@@ -105,11 +117,19 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
         idx, train_ds, val_ds = prepare_split(ds, val_split, seed, split_file)
     else:
         idx, train_ds, val_ds = None, ds, val
-    run = None
-    if out is not None:
+    run = ckpt = None
+    if out is not None and not dist.is_main:  # other ranks write nothing; they only read checkpoints on resume
+        from .training import distributed
+
+        ckpt = Path(distributed.broadcast(None)) / "checkpoints"
+    elif out is not None:
         run = RunDir.create(out)
+        if dist.enabled:
+            from .training import distributed
+
+            distributed.broadcast(str(run.path))
         run.write_config({"data": os.path.abspath(data) if not isinstance(data, ImageDataset) else data.name,
-                          "method": method,
+                          "method": method, "params": param_kw or None,
                           "task": ds.task, "val_split": val_split, "seed": seed, "split_file": split_file,
                           "max_pixels": max_pixels, "n_jobs": n_jobs,
                           "preprocess": preprocess.to_dict() if preprocess else None,
@@ -126,11 +146,21 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str = "h
         if idx is not None:
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         run.log(f"train {method} on {len(train_ds)} images, validate on {len(val_ds)}")
-    return _fit_and_record(spec.kind, ds, train_ds, val_ds, method, run, seed=seed, n_jobs=n_jobs,
+    return _fit_and_record(spec.kind, ds, train_ds, val_ds, method, run, ckpt=ckpt, seed=seed, n_jobs=n_jobs,
                            max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
                            img_size=img_size, pretrained=pretrained, resume=False, log=log, positive=positive,
                            threshold_for=threshold_for, min_confidence=min_confidence, hierarchy=hierarchy,
-                           balance=balance, calibrate=calibrate, **semi_kw)
+                           balance=balance, calibrate=calibrate, **semi_kw, **param_kw)
+
+
+def _tuned_params(method: str | None, params) -> tuple[str, dict[str, Any]]:
+    """The method and the ``fit_model`` keywords (or ``train_config`` entries) for ``params``."""
+    if params is None:
+        return method or "hog+svm", {}
+    from .training.tune import resolve_params, route_params
+
+    method, values = resolve_params(params, method)
+    return method, route_params(method, values)
 
 
 def _semi_options(kind: str, ds: ImageDataset, unlabeled, semi, pseudo_threshold, log) -> dict:
@@ -156,7 +186,26 @@ def _semi_options(kind: str, ds: ImageDataset, unlabeled, semi, pseudo_threshold
     return {"unlabeled": un, "fit_classical": partial(fit_semi_classical, semi=semi, threshold=pseudo_threshold, log=log)}
 
 
-def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **kw):
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0 under torchrun."""
+
+
+def _init_distributed(kind: str, train_config: dict | None):
+    """Join torchrun's process group when there is one; distributed training is for deep methods."""
+    from .training import distributed
+
+    info = distributed.env_info()
+    if not info.enabled:
+        return info
+    if kind != "deep":
+        raise ConfigError("--nproc / torchrun: distributed training is for deep methods (lite0, smallcnn, ...); "
+                          "feature pipelines train in one process with --jobs")
+    return distributed.init(distributed.resolve_device((train_config or {}).get("device", "auto")))
+
+
+def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, ckpt=None, **kw):
+    """Fit and, with a run directory, save the bundle, metrics and report. ``ckpt``: the checkpoint folder of
+    a rank other than 0 under torchrun (which gets no ``run`` and writes nothing)."""
     on_epoch = None
     if run is not None:
         def on_epoch(rec, run=run):
@@ -164,7 +213,7 @@ def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, **k
             run.log(f"epoch {rec['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
                                                           if isinstance(v, float)))
     model, P = fit_model(train_ds, method, val=val_ds if len(val_ds) else None, log=log,
-                         ckpt_dir=run.path / "checkpoints" if run is not None and kind == "deep" else None,
+                         ckpt_dir=run.path / "checkpoints" if run is not None and kind == "deep" else ckpt,
                          resume=resume, on_epoch=on_epoch, **kw)
     model.run_dir = run.path if run else None
     if run is not None:
@@ -202,17 +251,22 @@ def _resume(run_path: str | os.PathLike, log):
     spec = parse_spec(cfg["method"])
     if spec.kind != "deep":
         raise ConfigError(f"--resume {run_path}: only deep runs have checkpoints to resume; retrain {cfg['method']}")
+    dist = _init_distributed(spec.kind, cfg.get("train"))
     ds = load_dataset(cfg["data"], task=cfg.get("task"), taxonomy=cfg.get("taxonomy"))
     if cfg.get("exclude"):
         ds, _ = ds.without(cfg["exclude"])
     idx = ds.load_split(run.split_file)
     train_ds = ds.subset(idx["train"], f"{ds.name}:train")
     val_ds = ds.subset(idx.get("val", np.zeros(0, np.int64)), f"{ds.name}:val")
-    run.log(f"resume {cfg['method']}")
+    ckpt = None
+    if not dist.is_main:
+        log, ckpt, run = _quiet, run.path / "checkpoints", None
+    else:
+        run.log(f"resume {cfg['method']}")
     semi_cfg = cfg.get("semi") or {}
     semi_kw = (_semi_options(spec.kind, ds, semi_cfg["unlabeled"], semi_cfg.get("method"), None, log)
                if semi_cfg.get("unlabeled") else {})
-    return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, seed=cfg.get("seed", 0),
+    return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, ckpt=ckpt, seed=cfg.get("seed", 0),
                            n_jobs=cfg.get("n_jobs"), max_pixels=cfg.get("max_pixels"),
                            preprocess=_as_preprocess(cfg.get("preprocess")), train_config=cfg.get("train"),
                            img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log,
@@ -230,6 +284,27 @@ def lr_find(data: ImageDataset | str | os.PathLike, method: str, *, out: str | o
     if out is not None:
         res.plot(out, title=f"lr-find: {method} on {ds.name}")
     return res
+
+
+def tune(data: ImageDataset | str | os.PathLike, method: str, trials: int = 20, *, timeout: float | None = None,
+         out: str | os.PathLike | None = None, seed: int = 0, val_split: float = 0.2, study_name: str | None = None,
+         metric: str | None = None, task: str | None = None, n_jobs: int | None = None, tune_features: bool = True,
+         epochs: int | None = None, train_config: dict | None = None, img_size: int | None = None,
+         log: Callable[[str], Any] = lambda m: None):
+    """Hyper-parameter search for ``method`` with Optuna on one seeded split of ``data``; returns a
+    ``TuneResult`` (best ``params`` and ``value`` next to the defaults' ``default_value``).
+
+    ``trials`` counts the study's finished trials, trial 0 being the method's defaults; the study lives
+    in ``out/study.db`` (default ``runs/<data>-<method>-tune``) and a rerun with the same ``out`` resumes.
+    ``out/best.json`` feeds ``train(data, params="out/best.json")``. Deep methods train ``epochs`` per
+    trial with the ``train_config`` options fixed and are pruned by the median rule. The search space
+    is documented in ``imgclass.training.tune``.
+    """
+    from .training import tune as _tune
+
+    return _tune(data, method, trials, timeout=timeout, out=out, seed=seed, val_split=val_split,
+                 study_name=study_name, metric=metric, task=task, n_jobs=n_jobs, tune_features=tune_features,
+                 epochs=epochs, train_config=train_config, img_size=img_size, log=log)
 
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -377,3 +452,24 @@ def explain(model, image: ImageSource, target: str | Sequence[str] | None = None
 def images_dataset(paths: Sequence[str | os.PathLike]) -> ImageDataset:
     """Unlabelled dataset of image files and folders (for ``predict``)."""
     return from_paths(paths)
+
+
+def prune(model, data: ImageDataset | str | os.PathLike, *, amount: float = 0.5, structured: bool = False,
+          epochs: int = 2, out: str | os.PathLike | None = None, log: Callable[[str], Any] = lambda m: None, **kw):
+    """Prune a deep model (bundle path or object) by weight magnitude and fine-tune it on ``data``; returns a
+    ``CompressResult`` (``.model``, ``.summary`` with size/speed/accuracy before and after). With ``out``
+    writes a run directory with the new bundle and ``compress.json``. See ``imgclass.deploy.compress.prune``."""
+    from .deploy.compress import prune as _prune
+
+    return _prune(model, data, amount=amount, structured=structured, epochs=epochs, out=out, log=log, **kw)
+
+
+def distill(teacher, data: ImageDataset | str | os.PathLike, *, student: str = "smallcnn", temperature: float = 4.0,
+            alpha: float = 0.5, epochs: int | None = None, out: str | os.PathLike | None = None,
+            log: Callable[[str], Any] = lambda m: None, **kw):
+    """Train ``student`` on ``data`` with the soft predictions of ``teacher`` (any bundle path or model);
+    returns a ``CompressResult`` (teacher vs student). See ``imgclass.deploy.compress.distill``."""
+    from .deploy.compress import distill as _distill
+
+    return _distill(teacher, data, student=student, temperature=temperature, alpha=alpha, epochs=epochs, out=out,
+                    log=log, **kw)

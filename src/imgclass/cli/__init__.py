@@ -18,7 +18,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    import os
+
+    secondary = os.environ.get("RANK", "0") not in ("", "0")  # under torchrun only rank 0 reports errors
     try:
+        nproc = _nproc(args)
+        if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from ..training.distributed import launch, strip_option
+
+            code = launch(strip_option(args, "--nproc"), nproc)
+            if argv is None:
+                sys.exit(code)
+            return code
         # standalone mode: Typer itself reports usage errors (exit 2) and --help; it always ends
         # in SystemExit, and our own errors pass through to be reported below.
         app(args=args, prog_name="imgclass")
@@ -29,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         msg = str(exc).replace("\n", " ")
-        print(f"imgclass: error: {msg}", file=sys.stderr)
+        if not secondary:
+            print(f"imgclass: error: {msg}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("imgclass: interrupted", file=sys.stderr)
@@ -40,9 +52,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imgclass: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback "
               "and please report it)", file=sys.stderr)
         code = 1
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        from ..training.distributed import shutdown
+
+        shutdown()
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _nproc(args: list[str]) -> int | None:
+    """The value of ``--nproc`` (train and predict: re-run the command on N processes with torchrun)."""
+    from ..errors import ConfigError
+
+    for i, a in enumerate(args):
+        if a == "--nproc" or a.startswith("--nproc="):
+            value = a.partition("=")[2] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"--nproc {value}: give a number of processes, at least 1")
+            return int(value)
+    return None
 
 
 __all__ = ["app", "main"]

@@ -3,4 +3,14 @@ imports heavy libraries inside the commands)."""
 
 from __future__ import annotations
 
-from . import cmd_active, cmd_cluster, cmd_curate, cmd_export, cmd_pretrain, cmd_serve  # noqa: F401
+from . import (  # noqa: F401
+    cmd_active,
+    cmd_cluster,
+    cmd_compress,
+    cmd_curate,
+    cmd_export,
+    cmd_pretrain,
+    cmd_serve,
+    cmd_shards,
+    cmd_tune,
+)

@@ -107,7 +107,7 @@ def _per_class_table(per_class):
 @app.command(epilog="Example: imgclass train photos/ --method hog+svm --out runs/photos")
 def train(
     data: Annotated[str | None, typer.Argument(metavar="DATA", help="Folder (one sub-folder per class, or train/val/test), CSV or JSONL.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Method spec, e.g. hog+svm, lite0+logreg, lite0, smallcnn (see 'imgclass methods').")] = "hog+svm",
+    method: Annotated[str | None, typer.Option("--method", "-m", help="Method spec, e.g. hog+svm, lite0+logreg, lite0, smallcnn (see 'imgclass methods'); default hog+svm, or the method in --params.")] = None,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the split and the estimator.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<data>-<method>).")] = None,
@@ -134,6 +134,9 @@ def train(
     early_stopping: Annotated[int | None, typer.Option(help="Deep: stop after N epochs without improvement.", rich_help_panel="Deep training")] = None,
     pretrained: Annotated[str | None, typer.Option(help="Deep: weights file (.safetensors or state dict) instead of the method's.", rich_help_panel="Deep training")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted deep run from its directory.", rich_help_panel="Deep training")] = None,
+    nproc: Annotated[int | None, typer.Option(help="Deep: train on N processes with torchrun + DistributedDataParallel (same global --batch-size); multi-node: see the README.", rich_help_panel="Scale out")] = None,
+    device: Annotated[str | None, typer.Option(help="Deep: auto (a GPU when there is one), cpu, cuda or mps.", rich_help_panel="Scale out")] = None,
+    precision: Annotated[str | None, typer.Option(help="Deep: auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.", rich_help_panel="Scale out")] = None,
     taxonomy: Annotated[Path | None, typer.Option(help="JSON/YAML tree (child: parent) making the task hierarchical.", rich_help_panel="Task")] = None,
     hierarchy: Annotated[str, typer.Option(help="Hierarchical: flat (one leaf classifier, summed up the tree) or local (one per parent node).", rich_help_panel="Task")] = "flat",
     min_confidence: Annotated[float | None, typer.Option(help="Hierarchical: fall back to the deepest node with at least this probability.", rich_help_panel="Task")] = None,
@@ -144,6 +147,7 @@ def train(
     unlabeled: Annotated[str | None, typer.Option(help="Folder (or CSV) of unlabelled images to learn from as well; labels there only score the pseudo-labels.", rich_help_panel="Semi-supervised")] = None,
     semi: Annotated[str | None, typer.Option(help="self-training or label-spreading (classical; default self-training), fixmatch (deep, the default).", rich_help_panel="Semi-supervised")] = None,
     exclude: Annotated[Path | None, typer.Option(help="CSV with a path column (excluded.csv from imgclass curate): leave those items out.")] = None,
+    params: Annotated[Path | None, typer.Option("--params", help="best.json from 'imgclass tune': train with its parameters (and its method unless --method is given); explicit options win.")] = None,
     pseudo_threshold: Annotated[float | None, typer.Option(help="Confidence a prediction needs to become a pseudo-label (default 0.75 classical, 0.95 fixmatch).", rich_help_panel="Semi-supervised")] = None,
 ):
     """Train a classifier; writes the bundle, split, metrics and report to a run directory."""
@@ -151,7 +155,8 @@ def train(
 
     deep = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
             "augment": augment, "unfreeze": unfreeze, "label_smoothing": label_smoothing,
-            "mixup": mixup, "cutmix": cutmix, "ema": ema, "early_stopping": early_stopping, "hflip": hflip}
+            "mixup": mixup, "cutmix": cutmix, "ema": ema, "early_stopping": early_stopping, "hflip": hflip,
+            "device": device, "precision": precision}
     deep = {k: v for k, v in deep.items() if v is not None}
     if resume is not None:
         model = api.train(resume=resume, log=_err)
@@ -159,7 +164,11 @@ def train(
         if out is None:
             from ..training import default_run_dir
 
-            out = default_run_dir(data, method)
+            if params is not None:
+                from ..training.tune import resolve_params
+
+                method = resolve_params(params, method)[0]
+            out = default_run_dir(data, method or "hog+svm")
         model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
                           split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
                           preprocess=_preprocess(size, resize, grayscale, denoise, equalize),
@@ -167,7 +176,11 @@ def train(
                           taxonomy=taxonomy, hierarchy=hierarchy, min_confidence=min_confidence, positive=positive,
                           threshold_for=threshold_for, balance=balance, calibrate=calibrate,
                           unlabeled=unlabeled, semi=semi, pseudo_threshold=pseudo_threshold,
-                          exclude=str(exclude) if exclude else None)
+                          exclude=str(exclude) if exclude else None, params=params)
+    from ..training.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports
+        return
     val = model.meta_.get("metrics", {}).get("val", {})
     semi_report = model.meta_.get("semi")
     _warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
@@ -237,8 +250,11 @@ def predict(
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or flip+crops (10 views).")] = "none",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write predictions to this CSV (path, label, probability, top_k, error) in chunks; rerunning skips the images already in it.")] = None,
     runtime: Annotated[str, typer.Option(help="auto (ONNX Runtime when the bundle has an up-to-date model.onnx from imgclass export), torch or onnx.")] = "auto",
+    nproc: Annotated[int | None, typer.Option(help="With --out: predict on N processes with torchrun, each rank a block of the images, merged in input order.")] = None,
 ):
     """Classify images with a trained model: one line per image with the decision and the top-k classes."""
+    import os
+
     from .. import api
     m = api.resolve_model(model, max_pixels=max_pixels, n_jobs=jobs, runtime=runtime)
     ds = api.images_dataset(images)
@@ -246,20 +262,26 @@ def predict(
         from ..deploy.batch import predict_to_csv
 
         c = predict_to_csv(m, list(ds.sources), out, top_k=top_k, tta=tta, log=_err)
+        from ..training.distributed import is_main
+
+        if not is_main():  # under torchrun rank 0 reports
+            return
         if json_out:
             _print_json({"out": str(out), **c})
         else:
             typer.echo(f"{out}: {c['predicted']} predicted, {c['skipped']} already there, {c['errors']} unreadable "
                        f"({c['total']} images)")
         return
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        from ..errors import ConfigError
+
+        raise ConfigError("predict on several processes (--nproc / torchrun) writes a CSV: add --out preds.csv")
     results = api.predict(m, ds.sources, top_k=top_k, tta=tta)
     errors = dict(m.errors_)
     if json_out:
         _print_json([{"path": p, **(r.to_dict() if r is not None else {"label": None, "error": errors.get(p, "unreadable")})}
                      for p, r in zip(ds.sources, results)])
         return
-    import os
-
     names = [os.path.relpath(p) if not os.path.relpath(p).startswith("..") else p for p in ds.sources]
     width = min(max(len(n) for n in names), 60)
     for name, r, src in zip(names, results, ds.sources):

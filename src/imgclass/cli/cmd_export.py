@@ -16,12 +16,15 @@ def export(
     format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
     quantize: Annotated[str | None, typer.Option(help="int8 (static, calibrated on training images) or dynamic (weights only).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    check: Annotated[bool, typer.Option("--check", help="Compare ONNX Runtime with the torch model on sample images (max abs probability difference; <= 1e-4 expected for fp32).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Compare ONNX Runtime with the model's own path (torch, or features + scikit-learn) on sample images (max abs probability difference; <= 1e-4 expected for fp32).")] = False,
     calibration: Annotated[str | None, typer.Option(help="Images for int8 calibration and --check (folder/CSV; default: the training data recorded in the run).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the ONNX file here instead of MODEL/model.onnx.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ):
-    """Export a model bundle to ONNX with its pre-processing, labels, thresholds and calibration inside."""
+    """Export a model bundle to ONNX with its pre-processing, labels, thresholds and calibration inside.
+
+    Deep models and feature pipelines on pixels or a deep backbone (pixels+logreg, lite0+logreg) export;
+    HOG, LBP, colour-histogram and other scikit-image/OpenCV features have no ONNX form."""
     from ..deploy import export as _export
     from ..errors import ConfigError, DataError
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._util import progress_bar
-from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image, source_name
+from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image, source_bytes, source_name
 from ..errors import ImageLoadError
 
 #: side of the thumbnails kept for near-duplicate verification (RGB, uint8)
@@ -45,11 +45,8 @@ class ImageStats:
 
 
 def _file_bytes(src: ImageSource) -> bytes | None:
-    if isinstance(src, (bytes, bytearray)):
-        return bytes(src)
     try:
-        with open(src, "rb") as f:
-            return f.read()
+        return source_bytes(src)  # a file, bytes or a tar-shard member
     except (OSError, TypeError):
         return None
 

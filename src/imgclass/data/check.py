@@ -13,15 +13,15 @@ from PIL import Image
 from .._util import progress_bar
 from ..errors import ImageLoadError
 from .dataset import ImageDataset
-from .decode import DEFAULT_MAX_PIXELS, load_image
+from .decode import DEFAULT_MAX_PIXELS, load_image, source_bytes
 
 
 def _inspect(src, max_pixels):
     """(sha256, (w, h), original mode, error reason or None) for one source."""
     try:
-        data = src if isinstance(src, (bytes, bytearray)) else open(src, "rb").read()
+        data = source_bytes(src)  # a file, bytes or a tar-shard member
     except OSError as exc:
-        return None, None, None, f"cannot read file ({exc.strerror})"
+        return None, None, None, f"cannot read file ({exc.strerror or exc})"
     digest = hashlib.sha256(data).hexdigest()
     size = mode = None
     try:

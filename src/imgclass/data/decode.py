@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
+from .shards import ShardMember
 
 #: Same default as Pillow's own bomb guard (89,478,485 pixels = a 0.25 GB 24-bit image).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -34,6 +35,16 @@ def source_name(src: ImageSource) -> str:
     if isinstance(src, (str, os.PathLike)):
         return str(src)
     return f"<{type(src).__name__}>"
+
+
+def source_bytes(src: ImageSource) -> bytes:
+    """The encoded bytes of a path, bytes or tar-shard member (``ShardMember``) source; ``OSError`` if unreadable."""
+    if isinstance(src, ShardMember):
+        return src.read_bytes()
+    if isinstance(src, (bytes, bytearray)):
+        return bytes(src)
+    with open(src, "rb") as f:
+        return f.read()
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -126,10 +137,10 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                draft_size: int | None = None) -> Image.Image:
     """Decode one image into an RGB ``PIL.Image``.
 
-    ``src`` is a path, raw bytes, a PIL image or a HxW / HxWxC uint8 array. EXIF orientation is
-    applied, GIFs give their first frame, and every mode becomes RGB. ``draft_size`` lets the JPEG
-    decoder shrink by a power of two while decoding when only a small image is needed (much faster
-    on big photos).
+    ``src`` is a path, raw bytes, a tar-shard member (``ShardMember``), a PIL image or a HxW / HxWxC
+    uint8 array. EXIF orientation is applied, GIFs give their first frame, and every mode becomes RGB.
+    ``draft_size`` lets the JPEG decoder shrink by a power of two while decoding when only a small
+    image is needed (much faster on big photos).
 
     Raises ``ImageLoadError(path, reason)`` for empty, truncated, corrupt and non-image files and
     for images above ``max_pixels`` (a decompression-bomb guard; ``None`` disables it).
@@ -152,6 +163,14 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         if not data:
             raise ImageLoadError(name, "empty data (0 bytes)")
         fp: io.BytesIO | str = io.BytesIO(data)
+    elif isinstance(src, ShardMember):  # one byte range of a tar shard (data.shards)
+        try:
+            data = src.read_bytes()
+        except OSError as exc:
+            raise ImageLoadError(name, f"cannot read {src.location} ({exc.strerror or exc})") from None
+        if not data:
+            raise ImageLoadError(name, f"empty member {src.location} (0 bytes)")
+        fp = io.BytesIO(data)
     else:
         path = os.fspath(src)
         try:

@@ -1,4 +1,4 @@
-"""Readers that turn a folder, CSV or JSONL file into an ``ImageDataset``."""
+"""Readers that turn a folder, CSV or JSONL file (or tar shards, see ``shards``) into an ``ImageDataset``."""
 
 from __future__ import annotations
 
@@ -330,11 +330,16 @@ def read_jsonl(path: str | os.PathLike, image_root: str | None = None, group_by:
 
 
 def from_paths(paths: Iterable[str | os.PathLike], name: str = "images") -> ImageDataset:
-    """An unlabelled dataset from image paths or folders (folders are searched recursively)."""
+    """An unlabelled dataset from image paths or folders (folders are searched recursively) and tar
+    shards (their images, labels ignored)."""
+    from .shards import is_shard_source, read_shards
+
     sources: list[str] = []
     for p in paths:
         p = os.fspath(p)
-        if os.path.isdir(p):
+        if is_shard_source(p):
+            sources.extend(read_shards(p).sources)
+        elif os.path.isdir(p):
             sources.extend(find_images(p))
         elif os.path.exists(p):
             sources.append(os.path.abspath(p))
@@ -347,7 +352,9 @@ def from_paths(paths: Iterable[str | os.PathLike], name: str = "images") -> Imag
 
 def load_dataset(source: str | os.PathLike, task: str | None = None, taxonomy: str | os.PathLike | None = None,
                  group_by: str | None = None, image_root: str | None = None) -> ImageDataset:
-    """Open a dataset from a folder, CSV/TSV or JSONL file; infer its task (override with ``task``).
+    """Open a dataset from a folder, CSV/TSV or JSONL file, or tar shards (a folder written by
+    ``imgclass data pack``, ``DIR/shard-*.tar``, one ``.tar``, or an fsspec URL such as
+    ``s3://bucket/shards``); infer its task (override with ``task``).
 
     >>> ds = load_dataset("photos/")            # doctest: +SKIP
     >>> ds.task, ds.classes                       # doctest: +SKIP
@@ -356,7 +363,13 @@ def load_dataset(source: str | os.PathLike, task: str | None = None, taxonomy: s
     src = os.fspath(source)
     if task is not None and task not in TASKS:
         raise ConfigError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
-    if os.path.isdir(src):
+    from .shards import is_shard_source, read_shards
+
+    if is_shard_source(src):  # tar shards: a folder with index.json, DIR/shard-*.tar, one .tar, a URL
+        if group_by:
+            raise ConfigError("--group-by needs a CSV or JSONL dataset; shards keep the groups they were packed with")
+        ds = read_shards(src)
+    elif os.path.isdir(src):
         if group_by:
             raise ConfigError("--group-by needs a CSV or JSONL dataset with that column")
         ds = read_folder(src)

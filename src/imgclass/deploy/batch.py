@@ -4,6 +4,11 @@ Images are predicted chunk by chunk and each chunk's rows are appended and flush
 before the next chunk starts. A run that is killed and started again reads the file, drops a last line
 that was cut off mid-write, and skips every image already there, so each image ends up in the file
 exactly once, in input order. Unreadable images get a row with an ``error`` instead of stopping the run.
+
+Under torchrun (``imgclass predict MODEL DIR --out preds.csv --nproc N``, or ``torchrun ... -m imgclass
+predict ...``) each rank predicts one contiguous block of the images still to do into its own part file
+(``preds.csv.part<rank>-of<world>``, resumable the same way), then rank 0 appends the parts to the CSV in
+input order and removes them.
 """
 
 from __future__ import annotations
@@ -59,6 +64,15 @@ def predict_to_csv(model, sources: Sequence[str], out: str | os.PathLike, *, top
     """Predict ``sources`` (paths) with ``model`` into ``out`` (CSV: path, label, probability, top_k,
     error), skipping the ones already in ``out``. Returns counts: total, skipped (done earlier),
     predicted, errors."""
+    from ..training import distributed
+
+    if distributed.init("cpu").enabled:
+        return _predict_sharded(model, sources, Path(out), top_k=top_k, chunk=chunk, tta=tta, log=log)
+    return _predict_part(model, sources, out, top_k=top_k, chunk=chunk, tta=tta, log=log)
+
+
+def _predict_part(model, sources: Sequence[str], out: str | os.PathLike, *, top_k: int, chunk: int,
+                  tta: str | None, log: Callable[[str], Any]) -> dict[str, int]:
     from ..models import predictions
     from ..models.tta import predict_proba_tta
 
@@ -92,6 +106,47 @@ def predict_to_csv(model, sources: Sequence[str], out: str | os.PathLike, *, top
             counts["predicted"] += len(batch)
             bar.advance(len(batch))
     return counts
+
+
+def _predict_sharded(model, sources: Sequence[str], out: Path, *, top_k: int, chunk: int, tta: str | None,
+                     log: Callable[[str], Any]) -> dict[str, int]:
+    """One rank's share of a distributed batch prediction, then rank 0 merges the parts in input order."""
+    from ..training import distributed
+
+    d = distributed.info()
+    if d.is_main:  # rank 0 alone may truncate a cut-off last line
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _existing(out)
+    distributed.barrier()
+    done, header = _existing(out)
+    if header is not None and list(header) != list(COLUMNS):
+        raise DataError(f"{out}: has other columns ({', '.join(header)}); choose another --out")
+    todo = [s for s in sources if s not in done]
+    lo, hi = distributed.shard_range(len(todo), d.rank, d.world)
+    part = out.with_name(f"{out.name}.part{d.rank}-of{d.world}")
+    c = _predict_part(model, todo[lo:hi], part, top_k=top_k, chunk=chunk, tta=tta,
+                      log=log if d.is_main else (lambda m: None))
+    predicted, errors = distributed.all_reduce_sum([c["predicted"] + c["skipped"], c["errors"]])
+    distributed.barrier()
+    if d.is_main:
+        parts = [out.with_name(f"{out.name}.part{r}-of{d.world}") for r in range(d.world)]
+        rows: dict[str, list[str]] = {}
+        for p in parts:
+            with open(p, encoding="utf-8", newline="") as f:
+                for r in list(csv.reader(f))[1:]:
+                    rows[r[0]] = r
+        with open(out, "a", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            if header is None:
+                w.writerow(COLUMNS)
+            # the blocks are contiguous, so writing in todo order is input order
+            w.writerows(rows[s] for s in todo if s in rows)
+            f.flush()
+            os.fsync(f.fileno())
+        for p in parts:
+            p.unlink(missing_ok=True)
+    distributed.barrier()
+    return {"total": len(sources), "skipped": len(done), "predicted": int(predicted), "errors": int(errors)}
 
 
 __all__ = ["COLUMNS", "predict_to_csv"]

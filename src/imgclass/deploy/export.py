@@ -8,6 +8,10 @@ per-sibling-group softmax up the tree for hierarchical ``local`` models). What s
 decoding and resizing to ``H x W``, described in the metadata (``resize`` mode and interpolation) and
 done by ``OnnxModel`` with the same code as training.
 
+Feature pipelines whose features have an ONNX form (``pixels+logreg``, ``lite0+logreg``) export to
+the same contract: their features as ONNX operators, the classifier through skl2onnx, the temperature
+on the log-probabilities as their Python path applies it (see ``export_classical``).
+
 The ONNX metadata (``metadata_props``) holds ``imgclass`` = JSON with the classes, task, decision rule
 (thresholds, taxonomy, fallback), calibration temperature, input size, resize mode, mean/std,
 method and versions, so a bare ``.onnx`` file is enough to use the model correctly.
@@ -92,22 +96,25 @@ def metadata(model) -> dict[str, Any]:
 
     pre = model.preprocess
     size = pre.size if isinstance(pre.size, (list, tuple)) else (pre.size, pre.size)
-    return {"format": FORMAT, "imgclass": __version__, "method": getattr(model, "method", None) or model.backbone,
+    meta = {"format": FORMAT, "imgclass": __version__, "method": getattr(model, "method", None) or model.backbone,
+            "kind": getattr(model, "kind", "deep"),
             "task": model.task_, "classes": list(model.classes_), "taxonomy": model.taxonomy_,
             "decision": decision_of(model).to_dict(),
             "temperature": (model.meta_.get("calibration") or {}).get("temperature"),
             "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
                       "height": int(size[0]), "width": int(size[1])},
-            "preprocess": pre.to_dict(), "flip_tta": bool(model.tta), "hflip": bool(getattr(model, "hflip", True)),
-            "output": "probabilities"}
+            "preprocess": pre.to_dict(), "flip_tta": bool(getattr(model, "tta", False)),
+            "hflip": bool(getattr(model, "hflip", True)), "output": "probabilities"}
+    if _is_classical(model):
+        from ..features import extractor_names
+
+        meta.update({"features": extractor_names(model.extractor), "classifier": model.classifier_name})
+    return meta
 
 
-def _refuse_classical(model) -> None:
-    name = getattr(model, "method", type(model).__name__)
-    raise ConfigError(
-        f"export: {name} is a feature pipeline; its features ({', '.join(getattr(model, 'feature_names', []) or ['hog, lbp, ...'])}) "
-        "are computed by scikit-image/OpenCV code that has no ONNX form, so it cannot be exported as one graph. "
-        "Export works for deep models (e.g. --method lite0, smallcnn); serve this one with imgclass serve")
+def _is_classical(model) -> bool:
+    """A feature pipeline (extractor + scikit-learn) rather than a torch network."""
+    return getattr(model, "model_", None) is None and hasattr(model, "extractor")
 
 
 def to_onnx_bytes(model, opset: int = 17) -> bytes:
@@ -116,20 +123,25 @@ def to_onnx_bytes(model, opset: int = 17) -> bytes:
     import warnings
 
     import onnx
-    import torch
 
-    if getattr(model, "model_", None) is None:
-        _refuse_classical(model)
-    meta = metadata(model)
-    h, w = meta["input"]["height"], meta["input"]["width"]
-    module = _export_module(model)
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, torch.zeros(1, h, w, 3, dtype=torch.uint8), buf, dynamo=False,
-                          input_names=["image"], output_names=["probabilities"], opset_version=int(opset),
-                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
-    proto = onnx.load_from_string(buf.getvalue())
+    if _is_classical(model):
+        from .export_classical import classical_onnx
+
+        proto = classical_onnx(model, int(opset))
+        meta = metadata(model)
+    else:
+        import torch
+
+        meta = metadata(model)
+        h, w = meta["input"]["height"], meta["input"]["width"]
+        module = _export_module(model)
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, torch.zeros(1, h, w, 3, dtype=torch.uint8), buf, dynamo=False,
+                              input_names=["image"], output_names=["probabilities"], opset_version=int(opset),
+                              dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+        proto = onnx.load_from_string(buf.getvalue())
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta)
@@ -198,7 +210,10 @@ def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None, work
         if mode == "dynamic":
             # Matrix products only (ViT / MLP layers): ONNX Runtime's dynamic ConvInteger kernels measured
             # 8x slower than fp32 on lite0 here and lost 30 points of accuracy; CNNs want --quantize int8.
-            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+            # DefaultTensorType: the type of tensors that shape inference cannot follow through ai.onnx.ml
+            # operators (skl2onnx's classifiers of feature pipelines)
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                             extra_options={"DefaultTensorType": 1})  # 1 = onnx.TensorProto.FLOAT
         else:
             if calibration is None or not len(calibration):
                 raise ConfigError("--quantize int8 needs calibration images: pass --calibration DATA (a few hundred "
@@ -247,9 +262,10 @@ def export(model, out: str | os.PathLike | None = None, *, quantize_mode: str | 
 
     Writes ``BUNDLE/model.onnx`` (or ``out``) atomically and records it in the bundle's ``model.json``.
     ``quantize_mode``: ``int8`` (static, calibrated on ``calibration`` images, by default the training
-    images recorded with the bundle) or ``dynamic``. ``check`` compares ONNX Runtime with the torch model
-    on ``check_images`` (or calibration images) and reports the max abs probability difference. Returns a
-    summary dict (file, size, check results, timings).
+    images recorded with the bundle) or ``dynamic``. ``check`` compares ONNX Runtime with the model's own
+    path (torch, or extractor + scikit-learn for feature pipelines) on ``check_images`` (or calibration
+    images) and reports the max abs probability difference. Returns a summary dict (file, size, check
+    results, timings). Feature pipelines whose features have no ONNX form raise ``ConfigError``.
     """
     from ..models import load_model
 
@@ -259,8 +275,11 @@ def export(model, out: str | os.PathLike | None = None, *, quantize_mode: str | 
         model = load_model(bundle)
     elif getattr(model, "run_dir", None) is not None:
         bundle = Path(model.run_dir) / "model"
-    if getattr(model, "model_", None) is None:
-        _refuse_classical(model)
+    classical = _is_classical(model)
+    if classical:
+        from .export_classical import check_exportable, compare_with_python, quantizable
+
+        check_exportable(model)  # before anything slow: say at once why a bundle has no ONNX form
     if opset < 13:
         raise ConfigError(f"--opset {opset}: use 13 or newer (17 is the default)")
     t0 = time.perf_counter()
@@ -269,6 +288,8 @@ def export(model, out: str | os.PathLike | None = None, *, quantize_mode: str | 
     summary: dict[str, Any] = {"fp32_bytes": len(fp32), "export_s": time.perf_counter() - t0, "opset": opset}
     data = fp32
     calib = None
+    if classical and quantize_mode in QUANTIZE:
+        quantizable(fp32, quantize_mode, model)  # before loading calibration images
     if quantize_mode == "int8" or check:
         source = calibration or _training_data(bundle)
         if source is not None:
@@ -282,7 +303,7 @@ def export(model, out: str | os.PathLike | None = None, *, quantize_mode: str | 
             calib[:64] if calib is not None else None)
         if imgs is None or not len(imgs):
             raise ConfigError("--check needs sample images: pass --calibration DATA (or check_images)")
-        summary["check"] = compare_with_torch(model, data, imgs)
+        summary["check"] = (compare_with_python if classical else compare_with_torch)(model, data, imgs)
         summary["check"]["fp32"] = quantize_mode is None
         log(f"check on {len(imgs)} images: max abs probability difference {summary['check']['max_abs_diff']:.2e}, "
             f"top-1 agreement {summary['check']['top1_agreement']:.4f}")
@@ -301,13 +322,18 @@ def export(model, out: str | os.PathLike | None = None, *, quantize_mode: str | 
 
 
 def _weights_digest(bundle: Path) -> str | None:
+    """SHA-256 of what the export was made from: ``weights.safetensors`` (deep), or ``estimator.skops``
+    and any embedded backbone weights (feature pipelines)."""
     w = bundle / "weights.safetensors"
-    if not w.exists():
+    files = [w] if w.exists() else sorted([bundle / "estimator.skops", *bundle.glob("backbone-*.safetensors")])
+    files = [f for f in files if f.exists()]
+    if not files:
         return None
     h = hashlib.sha256()
-    with open(w, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._util import progress_bar
-from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image, source_name
+from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image, source_bytes, source_name
 from ..errors import ConfigError, ImageLoadError
 from ..transforms import Preprocess
 from .classical import EXTRACTORS, FeatureExtractor
@@ -139,8 +139,7 @@ def _content_key(src: ImageSource) -> str | None:
     if isinstance(src, (bytes, bytearray)):
         return hashlib.sha1(src).hexdigest()
     try:
-        with open(src, "rb") as f:
-            return hashlib.sha1(f.read()).hexdigest()
+        return hashlib.sha1(source_bytes(src)).hexdigest()  # a file or a tar-shard member
     except (OSError, TypeError):
         return None
 

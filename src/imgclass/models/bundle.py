@@ -192,7 +192,8 @@ def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
         extractor = make_extractor(meta["features"], meta.get("feature_params"))
         extractor.set_state(payload.get("extractor_state", {}))
         model = FeaturePipeline(extractor, meta["classifier"], Preprocess.from_dict(meta.get("preprocessing")),
-                                seed=meta.get("seed", 0), method=meta.get("method"))
+                                seed=meta.get("seed", 0), method=meta.get("method"),
+                                classifier_params=meta.get("classifier_params"))
     except (KeyError, TypeError) as exc:
         raise ModelFormatError(f"{folder / MODEL_JSON}: missing or bad field {exc}") from None
     model.classifier_ = payload["classifier"]

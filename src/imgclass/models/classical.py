@@ -131,10 +131,13 @@ class FeaturePipeline:
 
     def __init__(self, extractor: FeatureExtractor | str, classifier: str | Any = "svm",
                  preprocess: Preprocess | None = None, seed: int = 0, n_jobs: int | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, method: str | None = None):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, method: str | None = None,
+                 classifier_params: dict[str, Any] | None = None):
         self.extractor = make_extractor(extractor) if isinstance(extractor, str) else extractor
         self.classifier_name = classifier if isinstance(classifier, str) else type(classifier).__name__
         self.classifier = classifier
+        #: overrides of the classifier's hyper-parameters (e.g. from ``imgclass tune``), kept in the bundle
+        self.classifier_params: dict[str, Any] = dict(classifier_params or {})
         defaults = self.extractor.preprocess_defaults()
         if preprocess is None:
             preprocess = Preprocess.from_dict(defaults)
@@ -233,7 +236,7 @@ class FeaturePipeline:
             from sklearn.base import clone
 
             return clone(self.classifier)
-        params = dict(self.extractor.classifier_defaults.get(self.classifier) or {})
+        params = {**(self.extractor.classifier_defaults.get(self.classifier) or {}), **self.classifier_params}
         if self.balance == "weights" and (y is None or y.ndim == 1) and self.classifier in CLASS_WEIGHTED:
             params["class_weight"] = "balanced"
         return make_classifier(self.classifier, self.seed, self.task_, params)
@@ -313,7 +316,8 @@ class FeaturePipeline:
     # ---------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
         return {"features": extractor_names(self.extractor), "feature_params": extractor_params(self.extractor),
-                "classifier": self.classifier_name, "balance": self.balance, "hierarchy": self.hierarchy}
+                "classifier": self.classifier_name, "classifier_params": dict(self.classifier_params),
+                "balance": self.balance, "hierarchy": self.hierarchy}
 
     def save(self, path, **meta) -> None:
         from .bundle import save_bundle

@@ -11,7 +11,12 @@ One readable loop in the spirit of the CIFAR-10 speedruns; every speed trick is 
 - **head first**: pretrained backbones train the new head alone for ``head_epochs`` before the backbone
   is unfrozen with a lower learning rate (``backbone_lr_scale``); ``unfreeze=N`` trains only the last
   N blocks;
-- **flip TTA** at evaluation.
+- **flip TTA** at evaluation;
+- **DistributedDataParallel** under torchrun (``training.distributed``): a ``DistributedSampler`` gives each
+  rank its part of every epoch, each rank takes ``batch_size / world`` images per step (the same global
+  batch as one process), gradients are averaged by DDP, validation sums are all-reduced, and only
+  rank 0 writes checkpoints;
+- ``device`` ``auto|cpu|cuda|mps`` with bf16/fp16 autocast on GPUs (``precision``).
 
 Checkpoints ``last.pt`` and ``best.pt`` are written atomically at the end of every epoch with the
 model, optimiser, scheduler, EMA and RNG states, so ``resume`` continues exactly, also after SIGKILL.
@@ -70,6 +75,8 @@ class TrainConfig(ConfigDict):
     pseudo_threshold: float = 0.95
     unlabeled_weight: float = 1.0
     threads: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | mps (auto: a GPU when there is one)
+    precision: str = "auto"  # auto (bf16/fp16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,6 +99,8 @@ class TrainConfig(ConfigDict):
             self.tta = False
         if self.unfreeze is not None and self.unfreeze < 0:
             raise ConfigError(f"--unfreeze {self.unfreeze}: give a number of blocks (0 = head only) or 'all'")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp16")
 
     def default_weight_decay(self) -> float:
         if self.weight_decay is not None:
@@ -248,11 +257,18 @@ class Trainer:
                  node_loss: NodeSoftmaxLoss | None = None, unlabeled: TrainData | None = None):
         import torch
 
+        from . import distributed
+
         self.torch = torch
         self.model, self.train, self.val, self.cfg = model, train, val, cfg
+        self.dist = distributed.info()
+        self.device = distributed.resolve_device(cfg.device)
+        self.amp_dtype = distributed.autocast_dtype(self.device, cfg.precision)
+        if self.dist.enabled and unlabeled is not None:
+            raise ConfigError("--unlabeled (FixMatch) runs on one process; drop --nproc / torchrun for it")
         self.task, self.pretrained, self.on_epoch, self.log = task, pretrained, on_epoch, log
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.mean = (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255).to(self.device)
+        self.std = (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255).to(self.device)
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.history: list[dict] = []
         self.epoch = 0
@@ -280,14 +296,31 @@ class Trainer:
             self.criterion = node_loss
         else:
             self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-        self.steps_per_epoch = max(1, math.ceil(len(train.x) / cfg.batch_size))
-        self.model = self.model.to(memory_format=torch.channels_last)
+        # each rank takes its share of the global batch; DistributedSampler pads every rank to ceil(n / world)
+        self.local_batch = max(1, cfg.batch_size // self.dist.world)
+        self.steps_per_epoch = max(1, math.ceil(math.ceil(len(train.x) / self.dist.world) / self.local_batch))
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        if weight is not None:
+            self.criterion.weight = weight.to(self.device)
+        if node_loss is not None:
+            node_loss.A = node_loss.A.to(self.device)
         self.phase = None
         self._build_optimizer("head" if pretrained and cfg.head_epochs > 0 else "all")
+        self.net = self.model
+        if self.dist.enabled:
+            # one DDP wrapper for the whole run, built with every parameter the run will ever train, so it
+            # holds across the head -> all phase change; in the head phase the frozen backbone's parameters
+            # get no gradient, which find_unused_parameters allows
+            set_trainable(self.model, "all", cfg.unfreeze)
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=self.phase == "head")
+            set_trainable(self.model, self.phase, cfg.unfreeze)
+        self.scaler = torch.amp.GradScaler(self.device.split(":")[0], enabled=self.amp_dtype == torch.float16)
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.split = None  # (trunk, tail) when the frozen trunk's activations are cached
         # the cache holds fixed views, and FixMatch needs fresh strong augmentations of unlabelled images
-        if pretrained and cfg.unfreeze is not None and cfg.cache_frozen and self.unlabeled is None:
+        if (pretrained and cfg.unfreeze is not None and cfg.cache_frozen and self.unlabeled is None
+                and not self.dist.enabled and self.device == "cpu"):
             from .frozen import split_network
 
             self.split = split_network(self.model, cfg.unfreeze)
@@ -338,8 +371,11 @@ class Trainer:
         total = max(1, epochs * self.steps_per_epoch)
         max_lrs = [g["lr"] for g in groups]
         if cfg.schedule == "onecycle":
+            pct = max(cfg.warmup, 1e-3)
+            if pct * total == 1:  # OneCycleLR divides by (pct * total - 1): a one-step warmup needs a nudge
+                pct = min(0.5, 1.5 / total)
             self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=max_lrs, total_steps=total,
-                                                             pct_start=max(cfg.warmup, 1e-3), anneal_strategy="cos")
+                                                             pct_start=pct, anneal_strategy="cos")
         elif cfg.schedule == "cosine":
             warm = max(1, int(cfg.warmup * total))
             self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -379,7 +415,7 @@ class Trainer:
         idx = torch.randint(0, len(u.x), (n,), generator=self.g)
         xu = u.x[idx]
         with torch.no_grad():
-            prob = torch.softmax(self.model(self._normalize(self.weak(xu))), dim=1)
+            prob = torch.softmax(self.model(self._normalize(self.weak(xu).to(self.device))), dim=1).cpu()
         conf, pseudo = prob.max(dim=1)
         mask = conf >= self.cfg.pseudo_threshold
         truth = u.y[idx]
@@ -389,8 +425,8 @@ class Trainer:
         self._pseudo[2] += int((pseudo[scored] == truth[scored]).sum())
         if not mask.any():
             return torch.zeros((), requires_grad=False)
-        logits = self.model(self._normalize(self.strong(xu[mask])))
-        return torch.nn.functional.cross_entropy(logits, pseudo[mask], reduction="sum") / n
+        logits = self.model(self._normalize(self.strong(xu[mask]).to(self.device)))
+        return torch.nn.functional.cross_entropy(logits, pseudo[mask].to(self.device), reduction="sum") / n
 
     # -- one epoch
     def _train_epoch(self, bar) -> float:
@@ -402,16 +438,27 @@ class Trainer:
                     p.requires_grad for p in mod.parameters()):
                 mod.eval()
         n = len(self.train.x)
+        rank, world = self.dist.rank, self.dist.world
         if cfg.balance == "sampler" and self.train.y.ndim == 1:
             counts = torch.bincount(self.train.y).float()
             w = (1.0 / counts)[self.train.y]
             order = torch.multinomial(w, n, replacement=True, generator=self.g)
+            if world > 1:  # the same draw on every rank (same generator state); equal parts
+                order = order[: n // world * world][rank::world]
+        elif world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+            sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(sampler), dtype=torch.long)
         else:
             order = torch.randperm(n, generator=self.g)
         total, count = 0.0, 0
-        for s in range(0, n, cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
-            if len(idx) < 2:
+        bs = self.local_batch
+        amp = torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            if len(idx) < 2:  # every rank has the same number of indices, so all ranks skip together
                 continue
             if self.split is not None:
                 cache = self._activations("train")
@@ -420,28 +467,34 @@ class Trainer:
                 x = cache.batch(idx, flip, self._shift, self.g, corrupt)
                 net = self.split[1]
             else:
-                x = self._normalize(self.augment(self.train.x[idx]))
-                net = self.model
-            y = self.train.y[idx]
+                x = self._normalize(self.augment(self.train.x[idx]).to(self.device))
+                net = self.net
+            y = self.train.y[idx].to(self.device)
             if cfg.mixup > 0 or cfg.cutmix > 0:
                 x, target = self._mix(x, y)
             else:
                 target = y.float() if y.ndim == 2 else y
-            logits = net(x)
-            loss = self.criterion(logits, target)
-            if self.unlabeled is not None:
-                loss = loss + cfg.unlabeled_weight * self._fixmatch_loss(len(idx) * max(1, cfg.unlabeled_ratio))
+            with amp:
+                logits = net(x)
+                loss = self.criterion(logits.float(), target)
+                if self.unlabeled is not None:
+                    loss = loss + cfg.unlabeled_weight * self._fixmatch_loss(len(idx) * max(1, cfg.unlabeled_ratio))
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if cfg.grad_clip:
+                self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.sched.step()
             if self.ema is not None:
                 self.ema.update(self.model)
             total += loss.item() * len(idx)
             count += len(idx)
-            bar.advance(len(idx))
+            bar.advance(len(idx) * world)
+        from .distributed import all_reduce_sum
+
+        total, count = all_reduce_sum([total, count])
         return total / max(count, 1)
 
     def predict_logits(self, x, model=None, tta: bool | None = None, batch_size: int = 256):
@@ -453,11 +506,11 @@ class Trainer:
         outs = []
         with torch.no_grad():
             for s in range(0, len(x), batch_size):
-                xb = self._normalize(x[s:s + batch_size].float())
+                xb = self._normalize(x[s:s + batch_size].to(self.device).float())
                 out = model(xb)
                 if tta:
                     out = (out + model(xb.flip(3))) / 2
-                outs.append(out)
+                outs.append(out.float().cpu())
         return torch.cat(outs) if outs else torch.zeros(0, self.n_classes)
 
     @property
@@ -489,18 +542,29 @@ class Trainer:
         return torch.cat(outs)
 
     def _score(self) -> dict[str, float]:
+        """Validation metrics; under DDP each rank scores a contiguous block of the validation images and
+        the sums (correct, loss, count; or tp/fp/fn) are all-reduced, so every rank sees the same numbers."""
+        from .distributed import all_reduce_sum, shard_range
+
         torch = self.torch
         if self.val is None or not len(self.val.x):
             return {}
-        logits = self._cached_val_logits() if self.split is not None else self.predict_logits(self.val.x)
+        lo, hi = shard_range(len(self.val.x), self.dist.rank, self.dist.world)
+        if self.split is not None:
+            logits = self._cached_val_logits()
+        else:
+            logits = self.predict_logits(self.val.x[lo:hi])
+        y = self.val.y[lo:hi]
         if self.task == "multilabel":
             pred = (logits.sigmoid() >= 0.5).float()
-            f1 = _micro_f1(pred, self.val.y.float())
-            return {"val_micro_f1": f1}
+            truth = y.float()
+            tp, fp, fn = all_reduce_sum([(pred * truth).sum(), (pred * (1 - truth)).sum(), ((1 - pred) * truth).sum()])
+            return {"val_micro_f1": 2 * tp / max(2 * tp + fp + fn, 1e-9)}
         if self.node_loss is not None:
-            logits = self.node_loss.leaf_log_probs(logits)
-        loss = float(torch.nn.functional.cross_entropy(logits, self.val.y))
-        return {"val_accuracy": float((logits.argmax(1) == self.val.y).float().mean()), "val_loss": loss}
+            logits = self.node_loss.leaf_log_probs(logits.to(self.device)).cpu()
+        loss = float(torch.nn.functional.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
+        right, loss, n = all_reduce_sum([(logits.argmax(1) == y).sum(), loss, len(y)])
+        return {"val_accuracy": right / max(n, 1), "val_loss": loss / max(n, 1)}
 
     # -- checkpoints
     def state(self) -> dict[str, Any]:
@@ -515,7 +579,7 @@ class Trainer:
         }
 
     def _save(self, name: str) -> None:
-        if self.ckpt_dir is None:
+        if self.ckpt_dir is None or not self.dist.is_main:  # under DDP only rank 0 writes
             return
         buf = io.BytesIO()
         self.torch.save(self.state(), buf)
@@ -531,6 +595,11 @@ class Trainer:
             self._build_optimizer(st["phase"])
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
+        if self.device != "cpu":  # optimiser state loads on the CPU; move it next to its parameters
+            for state in self.opt.state.values():
+                for k, v in state.items():
+                    if hasattr(v, "to") and getattr(v, "ndim", 0) > 0:
+                        state[k] = v.to(self.device)
         self.sched.load_state_dict(st["scheduler"])
         if self.ema is not None and st.get("ema") is not None:
             self.ema.model.load_state_dict(st["ema"])
@@ -580,22 +649,19 @@ class Trainer:
             self._save("last.pt")
             if improved:
                 self._save("best.pt")
-            self.log(f"epoch {self.epoch}/{cfg.epochs}: loss {loss:.4f}"
-                     + (f", {metric_key} {score:.4f}" if score is not None else "")
-                     + f", {rec['img_per_s']:.0f} img/s")
-            if self.on_epoch:
+            if self.dist.is_main:
+                self.log(f"epoch {self.epoch}/{cfg.epochs}: loss {loss:.4f}"
+                         + (f", {metric_key} {score:.4f}" if score is not None else "")
+                         + f", {rec['img_per_s']:.0f} img/s")
+            if self.on_epoch and self.dist.is_main:
                 self.on_epoch(rec)
             if cfg.early_stopping and self.bad_epochs >= cfg.early_stopping:
                 self.log(f"early stopping: no improvement for {cfg.early_stopping} epochs")
                 break
+        from .distributed import barrier
+
+        barrier()  # rank 0 has written its last checkpoint before any rank reads best.pt
         return self.history
-
-
-def _micro_f1(pred, truth) -> float:
-    tp = float((pred * truth).sum())
-    fp = float((pred * (1 - truth)).sum())
-    fn = float(((1 - pred) * truth).sum())
-    return 2 * tp / max(2 * tp + fp + fn, 1e-9)
 
 
 def _np_state() -> dict:

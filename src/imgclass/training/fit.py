@@ -24,8 +24,12 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
               on_epoch: Callable[[dict], Any] | None = None, positive: str | None = None,
               threshold_for: str | None = None, min_confidence: float | None = None, hierarchy: str = "flat",
               balance: str | None = None, calibrate: bool = True, unlabeled: ImageDataset | None = None,
-              fit_classical: Callable | None = None):
+              fit_classical: Callable | None = None, classifier_params: dict[str, Any] | None = None,
+              feature_params: dict[str, dict[str, Any]] | None = None):
     """Build the estimator for ``method``, fit it on ``train`` and score it on ``val``.
+
+    Feature pipelines take ``classifier_params`` (scikit-learn keyword arguments overriding the
+    classifier's defaults) and ``feature_params`` (per extractor name), e.g. from ``imgclass tune``.
 
     ``unlabeled`` (semi-supervised): deep models train with FixMatch on it (``train_config``'s
     ``pseudo_threshold``, ``unlabeled_ratio``, ``unlabeled_weight``); classical pipelines are fitted
@@ -59,7 +63,8 @@ def fit_model(train: ImageDataset, method: str, val: ImageDataset | None = None,
         base = method_defaults(spec.backbone, pretrained or spec.pretrained) if spec.kind == "deep" else {}
         cfg = TrainConfig.from_dict({"seed": seed, **base, **(train_config or {})})
     model = build_model(method, seed=seed, n_jobs=n_jobs, preprocess=preprocess, max_pixels=max_pixels,
-                        img_size=img_size, pretrained=pretrained, train_config=cfg.to_dict())
+                        img_size=img_size, pretrained=pretrained, train_config=cfg.to_dict(),
+                        classifier_params=classifier_params, feature_params=feature_params)
     model.hierarchy = hierarchy
     if model.kind != "deep":
         model.balance = cfg.balance if balance is None else balance
@@ -219,7 +224,7 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
         if trainer.ema is not None and st.get("ema") is not None:
             trainer.ema.model.load_state_dict(st["ema"])
     model.model_ = (trainer.ema.model if trainer.ema is not None else trainer.model).eval()
-    model.model_ = model.model_.to(memory_format=torch.contiguous_format)
+    model.model_ = model.model_.to("cpu", memory_format=torch.contiguous_format)  # bundles and predict: CPU
     model.history_ = trainer.history
     if un is not None:
         rounds = [{"round": h["epoch"], "added": h.get("pseudo_labels", 0), "accuracy": h.get("pseudo_accuracy")}
@@ -229,7 +234,7 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
     model.meta_["train_skipped"] = list(errtr)
     model.meta_["val_skipped"] = list(va.skipped) if va is not None else []
     model.errors_ = list(errtr)
-    if va is None:
+    if va is None or not trainer.dist.is_main:  # under DDP rank 0 alone calibrates, tunes and reports
         return None
     rows = model.proba_from_logits(model.logits_from_tensor(va.x)) if len(va.x) else []
     return with_gaps(len(val), okva, rows, len(model.classes_))

@@ -1,0 +1,72 @@
+"""Tar shards vs the folder they were packed from, on CIFAR-10 12k (pre-split: train 10k, val 2k).
+
+Packs the folder into WebDataset-style shards in a temporary folder (pack time, MB, images/s), reads
+them back once through ``ShardStream`` (sequential streaming throughput), then trains the same method
+with the same seed through the real CLI from the folder and from the shards and compares validation
+accuracy (the baseline is the folder run; the two should agree exactly or within run-to-run noise).
+
+    .venv/bin/python bench/shards_train.py [CIFAR_DIR] [METHOD] [extra imgclass train options...]
+    e.g. .venv/bin/python bench/shards_train.py ../shared/datasets/cifar10-12k smallcnn --epochs 3
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import Timer, dataset_path, save, table
+
+
+def train(exe: str, data: str, method: str, out: str, extra: list[str]) -> tuple[float, float, dict]:
+    cmd = [exe, "train", data, "--method", method, "--seed", "0", "--out", out, "--json", *extra]
+    print("$ " + " ".join(cmd), flush=True)
+    with Timer() as t:
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    meta = json.loads((Path(out) / "model" / "model.json").read_text())
+    return res["metrics"]["accuracy"], t.s, meta
+
+
+def main() -> None:
+    root = dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None)
+    method = sys.argv[2] if len(sys.argv) > 2 else "smallcnn"
+    extra = sys.argv[3:] if len(sys.argv) > 3 else ["--epochs", "3", "--batch-size", "128"]
+    exe = str(Path(sys.executable).with_name("imgclass"))
+    from imgclass.data import load_dataset
+    from imgclass.data.shards import ShardStream, pack_shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = load_dataset(root)
+        with Timer() as tp:
+            s = pack_shards(ds, f"{tmp}/shards", "16MB", seed=0)
+        with Timer() as tl:
+            back = load_dataset(f"{tmp}/shards")
+        assert back.fingerprint() == ds.fingerprint(), "shards do not hold the same items and labels"
+        with Timer() as ts:
+            n_stream = sum(1 for _ in ShardStream(f"{tmp}/shards", shuffle_buffer=1000, seed=0))
+        acc_f, wall_f, meta_f = train(exe, str(root), method, f"{tmp}/run-folder", extra)
+        acc_s, wall_s, meta_s = train(exe, f"{tmp}/shards", method, f"{tmp}/run-shards", extra)
+
+    mb = s["bytes"] / 1e6
+    print(f"\npacked {s['items']:,} images ({s['splits']}) into {s['shards']} shards, {mb:.1f} MB, "
+          f"in {tp.s:.1f} s = {s['items'] / tp.s:,.0f} img/s; index load {tl.s:.2f} s; "
+          f"streamed {n_stream:,} items (bytes, shuffle buffer 1000) at {n_stream / ts.s:,.0f} img/s\n")
+    rows = [{"data": f"folder {root.name}/ (baseline)", "val_accuracy": acc_f, "wall_s": wall_f,
+             "epochs": len(meta_f.get("history", [])) or float("nan")},
+            {"data": "tar shards (index.json + ShardMember reads)", "val_accuracy": acc_s, "wall_s": wall_s,
+             "epochs": len(meta_s.get("history", [])) or float("nan")}]
+    print(table(rows, ["data", "val_accuracy", "wall_s", "epochs"],
+                f"imgclass train --method {method} {' '.join(extra)} --seed 0 (train 10,000 -> val 2,000)"))
+    print(f"\nval accuracy, shards - folder = {acc_s - acc_f:+.4f}; same data fingerprint: "
+          f"{meta_f.get('data_fingerprint') == meta_s.get('data_fingerprint')}")
+    save(f"shards_train_{method.replace('@', '_').replace('+', '_')}",
+         {"pack": {"items": s["items"], "shards": s["shards"], "mb": mb, "seconds": tp.s,
+                   "images_per_s": s["items"] / tp.s},
+          "index_load_s": tl.s, "stream_images_per_s": n_stream / ts.s, "rows": rows,
+          "accuracy_difference": acc_s - acc_f, "extra": extra})
+
+
+if __name__ == "__main__":
+    main()
