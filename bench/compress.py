@@ -9,7 +9,7 @@ The teacher is MODEL, else bench/runs/cifar_lite0_128px_6ep_standard/model (benc
 exists, else bench/runs/compress_teacher_lite0_<SIZE>px_<N>ep/model, trained there on first use (lite0 at
 ``--teacher-size`` px for ``--teacher-epochs`` with the engine's defaults: a head epoch, then the last 3
 blocks; its time is reported but is not part of the comparison). Sizes are bundle bytes and zlib-compressed bytes; img/s
-is ``predict_proba`` on the 2,000 val images (decoding included, ONNX Runtime, after a warm-up).
+is ``predict_proba`` on the 2,000 val images (decoding included, ONNX Runtime; best of 2 passes after a warm-up).
 """
 
 from __future__ import annotations

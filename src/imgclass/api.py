@@ -128,7 +128,8 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
             from .training import distributed
 
             distributed.broadcast(str(run.path))
-        run.write_config({"data": os.path.abspath(data) if not isinstance(data, ImageDataset) else data.name,
+        run.write_config({"data": data.name if isinstance(data, ImageDataset) else str(data) if "://" in str(data)
+                          else os.path.abspath(data),  # an fsspec URL (shards) stays a URL for --resume
                           "method": method, "params": param_kw or None,
                           "task": ds.task, "val_split": val_split, "seed": seed, "split_file": split_file,
                           "max_pixels": max_pixels, "n_jobs": n_jobs,

@@ -47,6 +47,8 @@ from ..errors import ConfigError, DataError
 COMPRESS_JSON = "compress.json"
 #: images predicted once before timing (ONNX export and session start-up are not counted)
 WARMUP_IMAGES = 8
+#: timed passes over the validation images; the fastest counts
+SPEED_REPEATS = 2
 
 
 # --------------------------------------------------------------------------- result
@@ -205,16 +207,20 @@ def _score(task: str, m: dict[str, Any]) -> tuple[str, float | None]:
     return key, (float(v) if v is not None else None)
 
 
-def _measure(model, sources: list, targets: np.ndarray, classes: list[str], decision=None) -> dict[str, Any]:
-    """Validation metrics and images/s of ``predict_proba`` on ``sources`` (decoding included), timed
-    after a warm-up on the first few images (ONNX export and session start are not counted)."""
+def _measure(model, sources: list, targets: np.ndarray, classes: list[str], decision=None,
+             repeats: int = SPEED_REPEATS) -> dict[str, Any]:
+    """Validation metrics and images/s of ``predict_proba`` on ``sources`` (decoding included): the best
+    of ``repeats`` passes after a warm-up on the first few images (ONNX export and session start-up
+    are not counted)."""
     from ..models.classical import decision_of
     from ..tasks import headline, metrics
 
     model.predict_proba(sources[:WARMUP_IMAGES])
-    t0 = time.perf_counter()
-    P = model.predict_proba(sources)
-    seconds = time.perf_counter() - t0
+    seconds = float("inf")
+    for _ in range(max(1, repeats)):  # the best pass: other processes on the machine only slow a pass down
+        t0 = time.perf_counter()
+        P = model.predict_proba(sources)
+        seconds = min(seconds, time.perf_counter() - t0)
     ok = ~np.isnan(P).any(axis=1)
     task = model.task_
     if task != "multilabel":
