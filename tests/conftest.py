@@ -35,6 +35,18 @@ def run_cli(argv):
     return rc, out.getvalue(), err.getvalue()
 
 
+def assert_one_line_error(rc, out, err, *needles) -> str:
+    """A user error from the CLI: exit code 2, no traceback, one line on stderr naming each of ``needles``."""
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("imgclass: error:"), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
 def sync_playwright_or_skip():
     """Playwright's sync API, or a skip saying how to install what is missing."""
     if not Path(CHROMIUM).is_file():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error as _one_line_error
 from conftest import colour_array, write_colour_dataset
 from conftest import run_cli as _run
 from PIL import Image
@@ -22,17 +23,6 @@ from imgclass.learning.active import kcenter_greedy, select, simulate, suggest, 
 
 METHOD = "pixels+logreg"
 RED, GREEN, BLUE = (200, 40, 40), (40, 200, 40), (40, 40, 200)
-
-
-def _one_line_error(rc, out, err, *needles):
-    assert rc == 2, (out, err)
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("imgclass: error:")
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _save(folder: Path, name: str, rgb, seed: int, noise: float = 25.0) -> Path:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error as _assert_one_line_error
 from conftest import run_cli as _run
 
 from imgclass.cli import main
@@ -43,12 +44,6 @@ def test_version(capsys):
 
 
 # --------------------------------------------------------------------------- errors
-def _assert_one_line_error(rc, out, err):
-    assert rc == 2
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("imgclass: error:")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error as _one_line_error
 from conftest import run_cli as _run
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -60,17 +61,6 @@ def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 def _read_csv(path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _one_line_error(rc, out, err, *needles) -> str:
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("imgclass: error:"), lines[0]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- the shared data set

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error as _assert_one_line_error
 from conftest import quiet_env
 from conftest import run_cli as _run
 from PIL import Image
@@ -79,16 +80,6 @@ def _save(path: Path, arr: np.ndarray) -> Path:
 
 def _left_right(heat: np.ndarray) -> tuple[float, float]:
     return float(heat[:, :SMALL // 2].mean()), float(heat[:, SMALL // 2:].mean())
-
-
-def _assert_one_line_error(rc, out, err, *words):
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("imgclass: error:")
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------- shared models

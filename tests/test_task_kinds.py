@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error as _assert_one_line_error
 from conftest import quiet_env, write_colour_dataset
 from conftest import run_cli as _run
 from PIL import Image
@@ -646,16 +647,6 @@ def test_bad_task_options_fail_before_training(case, tmp_path, monkeypatch):
         imgclass.train(data, method="pixels+logreg", out=tmp_path / "run", n_jobs=1, **opts)
     assert isinstance(info.value, ImgclassError)
     assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "metrics.json").exists()
-
-
-def _assert_one_line_error(rc, out, err, *words):
-    assert rc == 2
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("imgclass: error:")
-    for w in words:
-        assert w in lines[0]
 
 
 def test_cli_bad_task_options_exit_2_with_one_line(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error as _one_line_error
 from conftest import run_cli, write_colour_dataset
 from PIL import Image
 
@@ -46,16 +47,6 @@ def study(digits, tmp_path_factory):
         mp.setenv("IMGCLASS_PROGRESS", "0")
         res = api.tune(digits, METHOD, trials=5, out=out, val_split=0.5)
     return res, out
-
-
-def _one_line_error(rc, out, err, *needles):
-    assert rc == 2, (out, err)
-    assert "Traceback" not in err and "Traceback" not in out
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("imgclass: error:")
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_tune_writes_study_best_json_trials_and_plot(study):
