@@ -18,8 +18,7 @@ import imgclass
 from imgclass import api
 from imgclass.errors import ConfigError, DataError
 
-# the module, not the function ``imgclass.training.tune`` that the package exports under the same name
-tune_mod = importlib.import_module("imgclass.training.tune")
+tune_mod = importlib.import_module("imgclass.training.tuning")
 
 METHOD = "pixels+knn"  # fast, and its defaults (k=5, distance) are beatable on digits
 

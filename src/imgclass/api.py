@@ -158,7 +158,7 @@ def _tuned_params(method: str | None, params) -> tuple[str, dict[str, Any]]:
     """The method and the ``fit_model`` keywords (or ``train_config`` entries) for ``params``."""
     if params is None:
         return method or "hog+svm", {}
-    from .training.tune import resolve_params, route_params
+    from .training.tuning import resolve_params, route_params
 
     method, values = resolve_params(params, method)
     return method, route_params(method, values)
@@ -299,7 +299,7 @@ def tune(data: ImageDataset | str | os.PathLike, method: str, trials: int = 20, 
     in ``out/study.db`` (default ``runs/<data>-<method>-tune``) and a rerun with the same ``out`` resumes.
     ``out/best.json`` feeds ``train(data, params="out/best.json")``. Deep methods train ``epochs`` per
     trial with the ``train_config`` options fixed and are pruned by the median rule. The search space
-    is documented in ``imgclass.training.tune``.
+    is documented in ``imgclass.training.tuning``.
     """
     from .training import tune as _tune
 

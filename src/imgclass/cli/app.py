@@ -165,7 +165,7 @@ def train(
             from ..training import default_run_dir
 
             if params is not None:
-                from ..training.tune import resolve_params
+                from ..training.tuning import resolve_params
 
                 method = resolve_params(params, method)[0]
             out = default_run_dir(data, method or "hog+svm")

@@ -9,7 +9,7 @@ import typer
 
 from .app import JOBS_HELP, TASK_HELP, _err, _print_json, app
 
-# The search space of imgclass.training.tune (kept here as text so that --help imports nothing heavy;
+# The search space of imgclass.training.tuning (kept here as text so that --help imports nothing heavy;
 # tests/test_tune.py checks that the two agree).
 SPACE_HELP = """Search space (other parameters keep the method's defaults):
 

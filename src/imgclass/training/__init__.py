@@ -6,7 +6,7 @@ Classical pipelines fit in one call; deep models train with the one engine (``en
 from .engine import TrainConfig, Trainer
 from .fit import check_task_options, fit_model
 from .run import RunDir, default_run_dir
-from .tune import TuneResult, tune
+from .tuning import TuneResult, tune
 
 __all__ = ["RunDir", "TrainConfig", "Trainer", "TuneResult", "check_task_options", "default_run_dir", "fit_model",
            "tune"]
