@@ -290,11 +290,7 @@ def _finetune(model, net, train_ds, val_ds, y_train: np.ndarray, y_val: np.ndarr
         node_loss = NodeSoftmaxLoss(sibling_groups(tree), tree.ancestor_matrix)
     trainer = Trainer(net, tr, va if len(xva) else None, cfg, model.preprocess.mean, model.preprocess.std,
                       task=model.task_, ckpt_dir=ckpt_dir, pretrained=pretrained, log=log, on_epoch=on_epoch,
-                      node_loss=node_loss)
-    if criterion is not None:
-        # the engine sizes itself from TrainData.y, which holds 2 * n_classes columns here
-        trainer.n_classes = n_classes
-        trainer.criterion = criterion
+                      node_loss=node_loss, criterion=criterion, n_classes=n_classes if criterion is not None else None)
     trainer.fit()
     best = ckpt_dir / "best.pt"
     if len(xva) and best.exists():

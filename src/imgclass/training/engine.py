@@ -249,12 +249,15 @@ class Trainer:
     """Train ``model`` on in-memory tensors, checkpointing into ``ckpt_dir`` every epoch.
 
     ``node_loss`` (a ``NodeSoftmaxLoss``) switches to one output per taxonomy node (``--hierarchy local``).
+    ``criterion(logits, target)`` replaces the task's loss, with ``n_classes`` outputs when ``train.y``
+    holds something else than one column per class (distillation packs teacher probabilities and labels).
     """
 
     def __init__(self, model, train: TrainData, val: TrainData | None, cfg: TrainConfig, mean, std,
                  task: str = "multiclass", ckpt_dir: str | Path | None = None, pretrained: bool = False,
                  on_epoch: Callable[[dict], Any] | None = None, log: Callable[[str], Any] = lambda m: None,
-                 node_loss: NodeSoftmaxLoss | None = None, unlabeled: TrainData | None = None):
+                 node_loss: NodeSoftmaxLoss | None = None, unlabeled: TrainData | None = None,
+                 criterion: Callable | None = None, n_classes: int | None = None):
         import torch
 
         from . import distributed
@@ -281,9 +284,10 @@ class Trainer:
             self.weak = BatchAugment("standard" if cfg.augment != "none" else "light", self.g, cfg.hflip)
             self.strong = BatchAugment("strong", self.g, cfg.hflip)
         self._pseudo = [0, 0, 0]  # this epoch: pseudo-labels used, of those scored, of those correct
-        n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
-        if node_loss is not None:
+        if n_classes is None and node_loss is not None:
             n_classes = node_loss.A.shape[1]
+        elif n_classes is None:
+            n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
         self.n_classes = n_classes
         self.node_loss = node_loss
         weight = None
@@ -296,6 +300,8 @@ class Trainer:
             self.criterion = node_loss
         else:
             self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        if criterion is not None:
+            self.criterion, weight = criterion, None
         # each rank takes its share of the global batch; DistributedSampler pads every rank to ceil(n / world)
         self.local_batch = max(1, cfg.batch_size // self.dist.world)
         self.steps_per_epoch = max(1, math.ceil(math.ceil(len(train.x) / self.dist.world) / self.local_batch))
