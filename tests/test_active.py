@@ -154,7 +154,8 @@ def test_pool_images_already_labelled_are_left_out(labelled, pool):
 
 
 # --------------------------------------------------------------------------- the CLI
-def test_cli_writes_csv_and_montage_and_touches_no_user_file(tmp_path, labelled, pool):
+def test_cli_writes_csv_and_montage_and_touches_no_user_file(tmp_path, labelled, pool, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # long temporary paths would otherwise fold inside the table's path cells
     before = _snapshot(labelled, pool["dir"], pool["novel_dir"])
     out = tmp_path / "next"
     rc, stdout, err = _run(["active", str(labelled), "--pool", str(pool["dir"]), "--budget", "3",
