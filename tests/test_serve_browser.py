@@ -94,8 +94,8 @@ def test_page_predicts_and_overlays_gradcam(tmp_path):
                 page.wait_for_selector("#key-box:not([hidden])", timeout=10_000)
                 page.fill("#api-key", KEY)
                 page.click("#key-save")
-                page.wait_for_function("document.querySelector('#model-name').textContent.includes('smallcnn')",
-                                       timeout=10_000)
+                # a selector wait, not wait_for_function: that one evals a string, which the page's CSP forbids
+                page.wait_for_selector("#model-name:has-text('smallcnn')", timeout=10_000)
                 info = page.inner_text("#model-info")
                 assert "blue, green, red" in info and "gradcam" in info
 
