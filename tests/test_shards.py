@@ -15,6 +15,7 @@ import imgclass
 from imgclass.data import load_dataset, load_image
 from imgclass.data.shards import ShardMember, ShardStream, pack_shards, parse_size
 from imgclass.errors import ConfigError, DataError
+from imgclass.transforms import Preprocess
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_stream_order_is_seeded_and_ranks_cover_disjoint_parts(presplit):
             if split_by == "item":
                 assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
     assert len(keys(split="val")) == 12
-    key, x, y = next(iter(ShardStream(presplit["shards"], preprocess={"size": 16}, split="train")))
+    key, x, y = next(iter(ShardStream(presplit["shards"], preprocess=Preprocess(size=16), split="train")))
     assert x.shape == (3, 16, 16) and x.dtype == np.uint8 and y in (0, 1, 2)
     with pytest.raises(ConfigError):
         ShardStream(presplit["shards"], rank=2, world_size=2)
@@ -161,7 +162,7 @@ def test_corrupt_member_is_skipped(tmp_path, make_colour_dataset, make_bad_files
     assert sorted(Path(p).name for p in skipped) == sorted(["zero.png", "truncated.jpg", "truncated.png",
                                                            "corrupt.jpg", "notes.png", "bomb.png"])
     assert "empty" in next(r for p, r in skipped.items() if p.endswith("red/zero.png"))
-    stream = ShardStream(tmp_path / "shards", preprocess={"size": 16}, max_pixels=5000)
+    stream = ShardStream(tmp_path / "shards", preprocess=Preprocess(size=16), max_pixels=5000)
     assert len(list(stream)) == 24 and len(stream.skipped) == 6
     from imgclass.data.check import check_dataset
 

@@ -702,9 +702,8 @@ class _StreamBase:
         self.split, self.shuffle_buffer, self.shuffle_shards = split, int(shuffle_buffer), shuffle_shards
         self.seed, self.epoch, self.rank, self.world_size, self.split_by = int(seed), 0, rank, world_size, split_by
         if preprocess is not None and not hasattr(preprocess, "to_array"):
-            from ..transforms import Preprocess
-
-            preprocess = Preprocess.from_dict(preprocess)
+            # duck-typed so that data (the first layer) does not import transforms
+            raise ConfigError("preprocess: give an imgclass.transforms.Preprocess, e.g. Preprocess(size=32)")
         self.preprocess = preprocess
         from .decode import DEFAULT_MAX_PIXELS
 
@@ -838,7 +837,7 @@ _STREAM_DOC = """Stream tar shards for training: a torch ``IterableDataset``.
     size by up to a shard), else every part reads all shards and keeps every n-th item
     (``split_by="item"``; equal parts, more reading). ``split`` keeps one of train/val/test.
 
-    Yields ``(key, encoded bytes, target)``, or with ``preprocess`` (a ``Preprocess`` or its dict)
+    Yields ``(key, encoded bytes, target)``, or with ``preprocess`` (a ``Preprocess``)
     ``(key, uint8 array 3xHxW, target)``; undecodable images are skipped and listed in ``skipped``
     (per process). ``target`` is the class index (``-1`` unlabelled), a 0/1 vector (multilabel) or,
     without known classes, the label text. The same seed and epoch give the same order.
