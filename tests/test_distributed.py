@@ -112,6 +112,9 @@ def test_bad_distributed_options_are_one_line_errors(data, tmp_path):
     assert len(lines) == 1 and "distributed training is for deep methods" in lines[0], err
     code, _, err = run_cli(["train", str(data), *OPTS, "--device", "tpu", "--out", str(tmp_path / "d")])
     assert code == 2 and "--device tpu" in err
+    # commands without --nproc are not re-run on several processes: the option is refused
+    code, _, err = run_cli(["evaluate", str(tmp_path / "x"), str(data), "--nproc", "2"])
+    assert code == 2 and "--nproc" in err
 
 
 def test_devices_and_helpers():

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
 
     secondary = os.environ.get("RANK", "0") not in ("", "0")  # under torchrun only rank 0 reports errors
     try:
-        nproc = _nproc(args)
+        command = next((a for a in args if not a.startswith("-")), None)
+        # only train and predict have --nproc; any other command reports it as an unknown option
+        nproc = _nproc(args) if command in ("train", "predict") else None
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
             from ..training.distributed import launch, strip_option
 
