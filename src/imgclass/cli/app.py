@@ -137,6 +137,7 @@ def train(
     nproc: Annotated[int | None, typer.Option(help="Deep: train on N processes with torchrun + DistributedDataParallel (same global --batch-size); multi-node: see the README.", rich_help_panel="Scale out")] = None,
     device: Annotated[str | None, typer.Option(help="Deep: auto (a GPU when there is one), cpu, cuda or mps.", rich_help_panel="Scale out")] = None,
     precision: Annotated[str | None, typer.Option(help="Deep: auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.", rich_help_panel="Scale out")] = None,
+    stream: Annotated[str | None, typer.Option(help="Deep: auto (stream the training images when they do not fit in memory), on (always; tar shards are then read front to back through a shuffle buffer) or off.", rich_help_panel="Scale out")] = None,
     taxonomy: Annotated[Path | None, typer.Option(help="JSON/YAML tree (child: parent) making the task hierarchical.", rich_help_panel="Task")] = None,
     hierarchy: Annotated[str, typer.Option(help="Hierarchical: flat (one leaf classifier, summed up the tree) or local (one per parent node).", rich_help_panel="Task")] = "flat",
     min_confidence: Annotated[float | None, typer.Option(help="Hierarchical: fall back to the deepest node with at least this probability.", rich_help_panel="Task")] = None,
@@ -156,7 +157,7 @@ def train(
     deep = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
             "augment": augment, "unfreeze": unfreeze, "label_smoothing": label_smoothing,
             "mixup": mixup, "cutmix": cutmix, "ema": ema, "early_stopping": early_stopping, "hflip": hflip,
-            "device": device, "precision": precision}
+            "device": device, "precision": precision, "stream": stream}
     deep = {k: v for k, v in deep.items() if v is not None}
     if resume is not None:
         model = api.train(resume=resume, log=_err)

@@ -37,7 +37,7 @@ import tarfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -210,6 +210,11 @@ class ShardMember(str):
     def read_bytes(self) -> bytes:
         """The member's encoded bytes (raises ``OSError`` when the shard cannot be read)."""
         return read_range(self.url, self.offset, self.size)
+
+    @property
+    def key(self) -> str:
+        """The WebDataset key of the item (its member name without extensions)."""
+        return _split_member(self.member)[0]
 
     @property
     def location(self) -> str:
@@ -687,8 +692,11 @@ class _StreamBase:
     def __init__(self, source: str | os.PathLike | ShardSet, *, split: str | None = None,
                  shuffle_buffer: int = 0, shuffle_shards: bool = True, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, split_by: str = "auto",
-                 preprocess: Any = None, max_pixels: int | None = None, classes: Sequence[str] | None = None):
+                 preprocess: Any = None, max_pixels: int | None = None, classes: Sequence[str] | None = None,
+                 select: Mapping[tuple[str, str], Any] | None = None):
         self.shardset = source if isinstance(source, ShardSet) else find_shards(source)
+        self.select = select
+        self._selected_shards = {u for u, _ in select} if select is not None else None
         index = self.shardset.index
         self.classes = list(classes) if classes is not None else (list(index["classes"]) if index else None)
         self._pos = {c: k for k, c in enumerate(self.classes or [])}
@@ -737,6 +745,8 @@ class _StreamBase:
         shards = list(self.shardset.shards)
         if self.split is not None and self.shardset.index is not None:
             shards = [u for u in shards if (self.shardset.entry(u) or {}).get("splits", {self.split: 1}).get(self.split)]
+        if self._selected_shards is not None:
+            shards = [u for u in shards if u in self._selected_shards]
         if self.shuffle_shards:
             perm = np.random.default_rng(self.seed + self.epoch).permutation(len(shards))
             shards = [shards[k] for k in perm]
@@ -752,8 +762,8 @@ class _StreamBase:
             return y
         return UNLABELLED if lab is None else self._pos[lab]
 
-    def _samples(self, shards: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """``(key, {ext: bytes})`` per item, reading each tar front to back (no seeking)."""
+    def _samples(self, shards: list[str]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+        """``(shard url, key, {ext: bytes})`` per item, reading each tar front to back (no seeking)."""
         for url in shards:
             key, sample = None, {}
             try:
@@ -763,22 +773,27 @@ class _StreamBase:
                             continue
                         k, ext = _split_member(m.name)
                         if k != key and sample:
-                            yield key, sample
+                            yield url, key, sample
                             sample = {}
                         key = k
                         sample[ext] = tar.extractfile(m).read()
             except (OSError, tarfile.TarError) as exc:
                 raise DataError(f"{url}: cannot stream this shard ({exc}); check the URL or repack") from None
             if sample:
-                yield key, sample
+                yield url, key, sample
 
     def _items(self, shards: list[str], part: int, parts: int) -> Iterator[tuple[str, bytes, Any]]:
         position = 0
-        for key, sample in self._samples(shards):
-            meta = json.loads(sample["json"]) if "json" in sample else {}
+        for url, key, sample in self._samples(shards):
+            if self.select is not None:
+                if (url, key) not in self.select:
+                    continue
+                meta = {}
+            else:
+                meta = json.loads(sample["json"]) if "json" in sample else {}
             if "label" not in meta and "cls" in sample:
                 meta["label"] = sample["cls"].decode().strip()
-            if self.split is not None and (meta.get("split") or "") != self.split:
+            if self.split is not None and self.select is None and (meta.get("split") or "") != self.split:
                 continue
             ext = _image_ext(sample)
             if ext is None:
@@ -786,7 +801,7 @@ class _StreamBase:
             mine = position % parts == part
             position += 1
             if mine:
-                yield key, sample[ext], self._target(meta)
+                yield key, sample[ext], self.select[url, key] if self.select is not None else self._target(meta)
 
     def __iter__(self) -> Iterator[tuple[str, Any, Any]]:
         part, parts = self._parts()
@@ -836,6 +851,8 @@ _STREAM_DOC = """Stream tar shards for training: a torch ``IterableDataset``.
     when there are at least as many shards as parts (``split_by="shard"``; parts may then differ in
     size by up to a shard), else every part reads all shards and keeps every n-th item
     (``split_by="item"``; equal parts, more reading). ``split`` keeps one of train/val/test.
+    ``select`` (``{(shard URL, key): target}``) keeps only those items, with those targets, and skips
+    shards holding none of them (how training streams the train part of a split it made itself).
 
     Yields ``(key, encoded bytes, target)``, or with ``preprocess`` (a ``Preprocess``)
     ``(key, uint8 array 3xHxW, target)``; undecodable images are skipped and listed in ``skipped``

@@ -235,8 +235,8 @@ def sample_arrays(sources: Sequence[ImageSource], preprocess: Preprocess, n: int
     return arrays
 
 
-#: Above this many bytes of decoded images, ``decode_to_tensor`` refuses (streaming from disk for
-#: deep training is not implemented yet).
+#: Above this many bytes of decoded images, ``decode_to_tensor`` refuses; deep training then streams
+#: its training images instead (``training.streaming``).
 MAX_IN_MEMORY_BYTES = 8 * 1024**3
 
 
@@ -264,7 +264,8 @@ def decode_to_array(sources: Sequence[ImageSource], preprocess: Preprocess, n_jo
     n_bytes = len(sources) * h * w * 3
     if n_bytes > MAX_IN_MEMORY_BYTES:
         raise ConfigError(f"{len(sources)} images at {h}x{w} need {n_bytes / 1e9:.1f} GB in memory; use a "
-                          "smaller --img-size (streaming from disk is not implemented yet)")
+                          "smaller --img-size, or a smaller validation part (--val-split): training images stream, "
+                          "validation images are held in memory")
     feats = extract_features(RawPixels(), sources, preprocess, n_jobs=n_jobs, max_pixels=max_pixels,
                              description=description)
     arr = feats.X.astype(np.uint8).reshape(-1, h, w, 3) if len(feats.X) else np.zeros((0, h, w, 3), np.uint8)

@@ -3,7 +3,9 @@
 One readable loop in the spirit of the CIFAR-10 speedruns; every speed trick is named where it is used:
 
 - **decode once**: images are decoded and pre-processed once into a uint8 tensor in memory, so an
-  epoch costs only the network (small and medium datasets; see ``MAX_IN_MEMORY_BYTES``);
+  epoch costs only the network (small and medium datasets; see ``MAX_IN_MEMORY_BYTES``); larger data,
+  and tar shards with ``stream``, are decoded batch by batch by DataLoader workers instead
+  (``training.streaming``);
 - **batch augmentation on tensors**: flips, translations and brightness/contrast jitter are applied
   to whole batches in the training process, with no per-image Python pipeline or worker processes;
 - **channels-last** memory format for convolutions on CPU;
@@ -75,6 +77,11 @@ class TrainConfig(ConfigDict):
     pseudo_threshold: float = 0.95
     unlabeled_weight: float = 1.0
     threads: int | None = None
+    # auto: decode the training images into memory when they fit (MAX_IN_MEMORY_BYTES), else stream them;
+    # on: always stream (tar shards are then read front to back through a shuffle buffer); off: memory
+    stream: str = "auto"
+    shuffle_buffer: int = 1000  # streamed shards: items held for shuffling
+    workers: int | None = None  # streaming: decoding processes (default: half the cores, at least 1)
     device: str = "auto"  # auto | cpu | cuda | mps (auto: a GPU when there is one)
     precision: str = "auto"  # auto (bf16/fp16 autocast on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
@@ -99,6 +106,10 @@ class TrainConfig(ConfigDict):
             self.tta = False
         if self.unfreeze is not None and self.unfreeze < 0:
             raise ConfigError(f"--unfreeze {self.unfreeze}: give a number of blocks (0 = head only) or 'all'")
+        if isinstance(self.stream, bool):  # YAML 1.1 reads an unquoted on/off as a boolean
+            self.stream = "on" if self.stream else "off"
+        if self.stream not in ("auto", "on", "off"):
+            raise ConfigError(f"--stream {self.stream!r}: choose auto, on or off")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp16")
 
@@ -305,6 +316,15 @@ class Trainer:
         # each rank takes its share of the global batch; DistributedSampler pads every rank to ceil(n / world)
         self.local_batch = max(1, cfg.batch_size // self.dist.world)
         self.steps_per_epoch = max(1, math.ceil(math.ceil(len(train.x) / self.dist.world) / self.local_batch))
+        from .streaming import StreamingImages
+
+        self.streaming = isinstance(train.x, StreamingImages)  # decoded while training (training.streaming)
+        if self.streaming:
+            if train.x.sequential and cfg.balance == "sampler":
+                raise ConfigError("--balance sampler needs random access to the images; tar shards are streamed "
+                                  "in order, so use --balance weights (or --stream off)")
+            order_len = None if train.x.sequential else math.ceil(len(train.x) / self.dist.world)
+            self.steps_per_epoch = train.x.steps(order_len, self.local_batch, self.dist.world)
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         if weight is not None:
             self.criterion.weight = weight.to(self.device)
@@ -326,7 +346,7 @@ class Trainer:
         self.split = None  # (trunk, tail) when the frozen trunk's activations are cached
         # the cache holds fixed views, and FixMatch needs fresh strong augmentations of unlabelled images
         if (pretrained and cfg.unfreeze is not None and cfg.cache_frozen and self.unlabeled is None
-                and not self.dist.enabled and self.device == "cpu"):
+                and not self.dist.enabled and self.device == "cpu" and not self.streaming):
             from .frozen import split_network
 
             self.split = split_network(self.model, cfg.unfreeze)
@@ -445,7 +465,9 @@ class Trainer:
                 mod.eval()
         n = len(self.train.x)
         rank, world = self.dist.rank, self.dist.world
-        if cfg.balance == "sampler" and self.train.y.ndim == 1:
+        if self.streaming and self.train.x.sequential:
+            order = None  # shards are read in the stream's own shuffled order
+        elif cfg.balance == "sampler" and self.train.y.ndim == 1:
             counts = torch.bincount(self.train.y).float()
             w = (1.0 / counts)[self.train.y]
             order = torch.multinomial(w, n, replacement=True, generator=self.g)
@@ -462,8 +484,11 @@ class Trainer:
         total, count = 0.0, 0
         bs = self.local_batch
         amp = torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
+        if self.streaming:  # (indices, decoded images), the same number of batches on every rank
+            batches = self.train.x.batches(self.epoch, order, bs, rank, world)
+        else:
+            batches = ((order[s:s + bs], None) for s in range(0, len(order), bs))
+        for idx, images in batches:
             if len(idx) < 2:  # every rank has the same number of indices, so all ranks skip together
                 continue
             if self.split is not None:
@@ -473,7 +498,7 @@ class Trainer:
                 x = cache.batch(idx, flip, self._shift, self.g, corrupt)
                 net = self.split[1]
             else:
-                x = self._normalize(self.augment(self.train.x[idx]).to(self.device))
+                x = self._normalize(self.augment(self.train.x[idx] if images is None else images).to(self.device))
                 net = self.net
             y = self.train.y[idx].to(self.device)
             if cfg.mixup > 0 or cfg.cutmix > 0:

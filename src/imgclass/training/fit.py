@@ -177,10 +177,24 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
         torch.set_num_threads(cfg.threads)
     labelled = train.subset(np.flatnonzero(train.labelled_mask))
     model.classes_, model.task_, model.taxonomy_ = list(train.classes), train.task or "multiclass", train.taxonomy
-    xtr, oktr, errtr = decode_images(model, labelled, "decode (train)")
-    if errtr:
-        log(f"skipped {len(errtr)} unreadable training images (listed in the report)")
-    tr = TrainData(xtr, _targets(labelled, oktr), errtr)
+    streaming = None
+    if _stream(cfg, model, labelled):
+        from ..features import default_jobs
+        from .streaming import StreamingImages
+
+        xtr = StreamingImages(labelled.sources, model.preprocess, max_pixels=model.max_pixels,
+                              workers=cfg.workers if cfg.workers is not None else max(1, default_jobs() // 2),
+                              shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+        errtr = []
+        how = (f"tar shards read in order through a shuffle buffer of {cfg.shuffle_buffer}" if xtr.sequential
+               else "decoded per batch")
+        streaming = f"streaming {len(xtr)} training images ({how}, {xtr.workers} decoding workers)"
+        tr = TrainData(xtr, _targets(labelled, np.ones(len(labelled), dtype=bool)), errtr)
+    else:
+        xtr, oktr, errtr = decode_images(model, labelled, "decode (train)")
+        if errtr:
+            log(f"skipped {len(errtr)} unreadable training images (listed in the report)")
+        tr = TrainData(xtr, _targets(labelled, oktr), errtr)
     va = None
     if val is not None and len(val):
         xva, okva, errva = decode_images(model, val, "decode (val)")
@@ -212,11 +226,17 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
     trainer = Trainer(net, tr, va, cfg, model.preprocess.mean, model.preprocess.std, task=model.task_,
                       ckpt_dir=ckpt_dir, pretrained=model.pretrained is not None, log=log, on_epoch=on_epoch,
                       node_loss=node_loss, unlabeled=un)
+    if streaming:
+        log(streaming)
     last = Path(ckpt_dir) / "last.pt" if ckpt_dir else None
     if resume and last is not None and last.exists():
         trainer.load_checkpoint(last)
         log(f"resumed from {last} after epoch {trainer.epoch}")
     trainer.fit()
+    if not isinstance(xtr, torch.Tensor):  # streamed: the unreadable images met while training
+        errtr = xtr.errors
+        if errtr:
+            log(f"skipped {len(errtr)} unreadable training images (listed in the report)")
     best = Path(ckpt_dir) / "best.pt" if ckpt_dir else None
     if va is not None and best is not None and best.exists():
         st = torch.load(str(best), map_location="cpu", weights_only=True)
@@ -238,6 +258,17 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
         return None
     rows = model.proba_from_logits(model.logits_from_tensor(va.x)) if len(va.x) else []
     return with_gaps(len(val), okva, rows, len(model.classes_))
+
+
+def _stream(cfg: TrainConfig, model, ds: ImageDataset) -> bool:
+    """Stream the training images (``--stream on``, or ``auto`` when decoding them would not fit in memory)?"""
+    if cfg.stream != "auto":
+        return cfg.stream == "on"
+    from ..features import MAX_IN_MEMORY_BYTES
+
+    size = model.preprocess.size
+    h, w = (size, size) if isinstance(size, int) else size or (0, 0)
+    return len(ds) * h * w * 3 > MAX_IN_MEMORY_BYTES
 
 
 def decode_images(model, ds: ImageDataset, description: str):
