@@ -4,10 +4,13 @@
 unlabelled pool (their labels only score the pseudo-labels), validated on the 2,000 val images.
 The baseline in the same run is the same method trained on the 250 labels alone.
 
-    .venv/bin/python bench/semi.py [CIFAR_DIR] [--method lite0+logreg] [--per-class 25] [--semi self-training,label-spreading]
+    .venv/bin/python bench/semi.py [CIFAR_DIR] [--method lite0+logreg] [--per-class 25]
+        [--semi self-training,label-spreading,balanced-self-training]
 
 Each row goes through ``imgclass.train(..., unlabeled=..., semi=...)`` exactly as
 ``imgclass train LABELLED.csv --unlabeled POOL.csv --semi S`` does. Results: ``bench/results/semi.json``.
+``--pseudo-threshold`` goes to every method; for ``balanced-self-training`` it is the share of the pool
+pseudo-labelled in the last round (default 0.6), not a probability: leave it out to get each default.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def main() -> None:
     ap.add_argument("data", nargs="?", default=None)
     ap.add_argument("--method", default="lite0+logreg")
     ap.add_argument("--per-class", type=int, default=25)
-    ap.add_argument("--semi", default="self-training,label-spreading")
+    ap.add_argument("--semi", default="self-training,label-spreading,balanced-self-training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pseudo-threshold", type=float, default=None)
     args = ap.parse_args()

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from imgclass.curation import DEFAULT_EXCLUDE, curate
 from imgclass.curation.duplicates import candidate_pairs, exact_groups, groups_from_pairs
 from imgclass.curation.labels import confident_learning, out_of_fold_probabilities
-from imgclass.curation.outliers import outlier_scores
+from imgclass.curation.outliers import layer_outlier_scores, outlier_scores
 from imgclass.curation.quality import robust_z
 from imgclass.data import load_dataset
 from imgclass.errors import ConfigError
@@ -263,6 +263,75 @@ def test_outlier_scores_rank_the_far_point_first(method):
     y = np.r_[np.zeros(25, int), -1, np.ones(25, int)]
     score_y, _, zc_y = outlier_scores(E, y=y, method=method, seed=0)
     assert int(np.argmax(score_y)) == 25 and np.isfinite(zc_y[:25]).all() and np.isnan(zc_y[25])
+
+
+def test_layer_outlier_scores_rank_unusual_uncentred_rows_first():
+    """The ``layers`` ranking on synthetic statistics: 3 rows off both class manifolds in every stage
+    and with a centre that looks like the border (a "scene") come first; a row that is only
+    off-manifold in one stage, or only uncentred, does not outrank them."""
+    rng = np.random.default_rng(0)
+    channels = (4, 5, 6, 7)
+    n, scenes = 60, [10, 30, 50]
+    cls = np.arange(n) % 2
+    blocks = []
+    for c in channels:
+        centres = rng.normal(0, 1, (2, c))
+        mean = np.abs(centres[cls] + rng.normal(0, 0.05, (n, c))) + 0.1
+        mean[scenes] = np.abs(rng.normal(0, 1, (3, c))) + 0.1  # unlike either class
+        std = np.abs(centres[cls] * 0.5 + rng.normal(0, 0.05, (n, c))) + 0.1
+        std[scenes] = np.abs(rng.normal(0, 1, (3, c))) + 0.1
+        blocks += [mean, std]
+    spatial = rng.uniform(0.2, 0.6, (n, 10))  # (centre-border cosine, uniformity) x 5 maps
+    spatial[scenes, -2] = 0.98
+    spatial[5, -2] = 0.99  # uncentred, otherwise typical
+    L = np.hstack(blocks + [spatial])
+    score, parts = layer_outlier_scores(L, channels, seed=0)
+    assert score.shape == (n,) and np.isfinite(score).all()
+    assert set(parts) == {"lof_std_4", "lof_mean_5", "lof_mean_6", "lof_mean_7", "centre_border_similarity"}
+    assert set(np.argsort(-score, kind="stable")[:3].tolist()) == set(scenes)
+    assert score[scenes].min() > score[5]
+
+
+def test_layer_statistics_see_uncentred_textures_as_scenes():
+    """lite0 (packaged ImageNet weights, torch, no export): images of one object in the middle of a
+    plain background have a final feature map whose centre differs from its border; uniform textures
+    (stripes, noise, a gradient "sky") do not -- the layout signal of the ``layers`` detector."""
+    torch = pytest.importorskip("torch")
+    from imgclass.curation.outliers import _layer_module
+
+    rng = np.random.default_rng(0)
+    side = 224
+    yy, xx = np.mgrid[:side, :side]
+    objects, textures = [], []
+    for _ in range(4):
+        bg = rng.uniform(40, 220, 3)
+        im = np.ones((side, side, 3)) * bg
+        r = side * rng.uniform(0.18, 0.28)
+        disc = (yy - side / 2) ** 2 / 1.3 + (xx - side / 2) ** 2 < r ** 2
+        im[disc] = 255 - bg
+        im[(np.abs(yy - side / 2) < r / 3) & (np.abs(xx - side / 2) < r * 1.4)] = rng.uniform(0, 255, 3)
+        objects.append(im + rng.normal(0, 4, im.shape))
+    for k in range(4):
+        if k % 2 == 0:  # stripes across the whole frame
+            period = rng.uniform(8, 20)
+            t = np.sin(2 * np.pi * (yy * np.cos(k) + xx * np.sin(k)) / period)[..., None]
+            im = 128 + 100 * t * rng.uniform(0.5, 1, 3)
+        else:  # a vertical colour gradient with fine noise (sky over sea)
+            top, bottom = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+            im = top + (bottom - top) * (yy[..., None] / side) + rng.normal(0, 20, (side, side, 3))
+        textures.append(im)
+    x = np.clip(np.stack(objects + textures), 0, 255).astype(np.float32)
+    x = (x.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
+    with torch.no_grad():
+        out = _layer_module("lite0", "imagenet")(torch.from_numpy(x)).numpy()
+    centre_border = out[:, -2]
+    assert centre_border[4:].min() > centre_border[:4].max(), centre_border
+
+
+def test_layers_outlier_method_falls_back_to_lof_without_a_lite_backbone(photos):
+    res = curate(photos, model=MODEL, n_jobs=1, seed=0, checks=("outliers",), outlier_method="layers")
+    assert any("layers needs an EfficientNet-Lite" in n for n in res.notes)
+    assert np.isfinite(res.outlier_score[res.stats.ok]).sum() >= 5
 
 
 # --------------------------------------------------------------------------- label issues

@@ -208,3 +208,42 @@ def test_cli_predict_out_writes_csv(deep, tmp_path):
     assert f"{len(deep['files'])} predicted" in stdout
     rc, stdout, _ = _run(["predict", str(deep["bundle"]), str(deep["data"]), "--out", str(out)])
     assert rc == 0 and "0 predicted" in stdout and f"{len(deep['files'])} already there" in stdout
+
+
+def test_tf_same_padding_is_folded_into_the_convolutions():
+    """timm's TF-"same" convolutions export a run-time Pad before each Conv; the export folds them into
+    the Conv's own pads (uint8 NHWC input, as the exported graphs take) with identical outputs."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from timm.layers import Conv2dSame
+
+    from imgclass.models.deep import fold_static_pads
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Conv2dSame(3, 4, 3, stride=2), Conv2dSame(4, 2, 5, stride=1)
+
+        def forward(self, image):  # uint8 NHWC, like the exported graphs
+            return self.b(torch.relu(self.a(image.permute(0, 3, 1, 2).float() / 255)))
+
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), torch.zeros(1, 15, 15, 3, dtype=torch.uint8), buf, dynamo=False,
+                          input_names=["image"], dynamic_axes={"image": {0: "batch"}})
+    raw = buf.getvalue()
+    folded = fold_static_pads(raw)
+
+    def pads(b):
+        return sum(n.op_type == "Pad" for n in onnx.load_from_string(b).graph.node)
+
+    assert pads(raw) == 2 and pads(folded) == 0
+    x = np.random.default_rng(0).integers(0, 256, (3, 15, 15, 3), dtype=np.uint8)
+    run = [ort.InferenceSession(b, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0] for b in (raw, folded)]
+    assert np.array_equal(run[0], run[1])

@@ -12,6 +12,8 @@ from conftest import run_cli as _run
 from conftest import write_colour_dataset
 
 import imgclass
+from imgclass.errors import ConfigError
+from imgclass.learning.semi import balanced_self_training
 
 CLASSES = {"red": (200, 30, 30), "green": (30, 180, 30), "blue": (30, 40, 200)}
 
@@ -30,7 +32,7 @@ def data(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("semi", ["self-training", "label-spreading"])
+@pytest.mark.parametrize("semi", ["self-training", "label-spreading", "balanced-self-training"])
 def test_classical_semi_supervised_uses_pseudo_labels_and_scores_them(data, semi):
     val = imgclass.load_dataset(data / "val")
     model = imgclass.train(data / "labelled", method="color_hist+logreg", val=val, unlabeled=data / "pool",
@@ -73,7 +75,7 @@ def test_cli_prints_the_pseudo_label_rounds(data, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--semi", "self-training"], "need --unlabeled"),
-    (["--unlabeled", "POOL", "--semi", "fixmatch"], "classical pipelines use self-training or label-spreading"),
+    (["--unlabeled", "POOL", "--semi", "fixmatch"], "classical pipelines use self-training, label-spreading or balanced"),
     (["--unlabeled", "POOL", "--semi", "co-training"], "--semi 'co-training'"),
     (["--unlabeled", "POOL", "--pseudo-threshold", "1.5"], "--pseudo-threshold 1.5"),
     (["--unlabeled", "EMPTY"], "no images found"),
@@ -86,3 +88,40 @@ def test_bad_semi_options_exit_2_with_one_line(data, tmp_path, args, message):
     assert rc == 2, (out, err)
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def _logreg():
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, max_iter=500)
+
+
+def test_balanced_self_training_gives_every_class_the_same_quota_and_helps():
+    """Generated blobs: 3 labelled points per class, an unlabelled pool with one class 4x as frequent.
+    Every round gives each class the same number of pseudo-labels, growing to the share asked for, and
+    the classifier trained on labels + pseudo-labels is at least as accurate as the labels alone."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1.6, size=(4, 8))
+    sizes = [200, 50, 50, 50]
+    F_u = np.concatenate([c + rng.normal(0, 1, size=(n, 8)) for c, n in zip(centres, sizes)])
+    truth = np.repeat(np.arange(4), sizes)
+    F_l = np.concatenate([c + rng.normal(0, 1, size=(3, 8)) for c in centres])
+    y_l = np.repeat(np.arange(4), 3)
+    F_t = np.concatenate([c + rng.normal(0, 1, size=(100, 8)) for c in centres])
+    y_t = np.repeat(np.arange(4), 100)
+    rows, pseudo, rounds = balanced_self_training(_logreg, F_l, y_l, F_u, share=0.4, rounds=2, truth=truth)
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert sum(r["added"] for r in rounds) == len(rows) == rounds[-1]["pseudo_labels"]
+    quota = round(0.4 * len(F_u) / 4)
+    counts = np.bincount(pseudo, minlength=4)
+    assert counts.max() <= quota and counts.min() >= 0.8 * quota  # balanced, not led by the frequent class
+    assert rounds[0]["pseudo_labels"] < rounds[1]["pseudo_labels"]
+    assert rounds[-1]["accuracy"] > 0.8
+    base = (_logreg().fit(F_l, y_l).predict(F_t) == y_t).mean()
+    semi = (_logreg().fit(np.concatenate([F_l, F_u[rows]]), np.concatenate([y_l, pseudo])).predict(F_t) == y_t).mean()
+    assert semi >= base
+    # deterministic
+    rows2, pseudo2, _ = balanced_self_training(_logreg, F_l, y_l, F_u, share=0.4, rounds=2, truth=truth)
+    assert np.array_equal(rows, rows2) and np.array_equal(pseudo, pseudo2)
+    with pytest.raises(ConfigError, match="share"):
+        balanced_self_training(_logreg, F_l, y_l, F_u, share=1.5)

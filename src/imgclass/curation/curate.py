@@ -30,7 +30,7 @@ from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError, DataError
 from .duplicates import DuplicateLimits, exact_groups, groups_from_pairs, near_duplicates
 from .labels import confident_learning, neighbour_vote, out_of_fold_probabilities
-from .outliers import METHODS, outlier_scores
+from .outliers import LAYER_CHANNELS, METHODS, layer_outlier_scores, layer_statistics, outlier_scores
 from .quality import STAT_COLUMNS, QualityLimits, image_stats, quality_issues
 
 QUALITY_TYPES = ("blurry", "dark", "bright", "low_contrast", "odd_size", "grayscale")
@@ -430,7 +430,7 @@ def _as_dataset(data) -> ImageDataset:
 
 def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg", oof: str | os.PathLike | None = None,
            out: str | os.PathLike | None = None, folds: int = 5, seed: int = 0,
-           outlier_method: str = "lof", outlier_z: float = 4.0,
+           outlier_method: str = "auto", outlier_z: float = 4.0,
            quality: QualityLimits | None = None, duplicates: DuplicateLimits | None = None,
            checks: Sequence[str] = ("quality", "duplicates", "outliers", "labels"),
            n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -443,8 +443,12 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
             label issues (``folds``-fold, on those features). Deep fine-tuned models: run
             ``imgclass cv`` and pass its ``oof.csv`` as ``oof``.
         oof: out-of-fold probabilities from ``imgclass cv`` (used instead of fitting ``model``'s classifier).
-        outlier_method: ``lof`` or ``iforest``; ``outlier_z``: the robust z-score above which an image
-            is reported as an outlier (the full ranking is in ``stats.csv``).
+        outlier_method: ``auto`` (``layers`` when ``model``'s features are an EfficientNet-Lite
+            backbone such as lite0, else ``lof``), ``layers`` (multi-layer statistics of that backbone
+            plus an object-centred layout check: one more backbone pass, cached on disk; see
+            ``outliers.layer_outlier_scores``), ``lof`` or ``iforest`` (on the embeddings);
+            ``outlier_z``: the robust z-score above which an image is reported as an outlier (the full
+            ranking is in ``stats.csv``).
         checks: which detector families to run.
         out: when given, ``result.write(out)``.
     """
@@ -506,9 +510,25 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
     score = None
     if "outliers" in checks and E is not None and len(E) >= 5:
         t0 = time.perf_counter()
-        s, _, _ = outlier_scores(E, None if y is None else y[ok_rows], outlier_method, seed)
+        method = outlier_method
+        backbone = getattr(pipe.extractor, "backbone", None) if len(spec.features) == 1 else None
+        if method in ("auto", "layers"):
+            if backbone in LAYER_CHANNELS and getattr(pipe.extractor, "output", "") == "embedding":
+                method = "layers"
+            else:
+                if method == "layers":
+                    notes.append(f"outliers: --outlier-method layers needs an EfficientNet-Lite backbone "
+                                 f"({', '.join(LAYER_CHANNELS)}) as the features; used lof")
+                method = "lof"
         score = np.full(len(ds), np.nan)
-        score[ok_rows] = s
+        if method == "layers":
+            L, lok = layer_statistics([ds.sources[i] for i in ok_rows], pipe.extractor, pipe.preprocess,
+                                      n_jobs=n_jobs, max_pixels=max_pixels)
+            if len(L) >= 5:
+                score[ok_rows[lok]], _ = layer_outlier_scores(L, LAYER_CHANNELS[backbone], seed)
+        else:
+            s, _, _ = outlier_scores(E, None if y is None else y[ok_rows], method, seed)
+            score[ok_rows] = s
         timings["outliers_s"] = time.perf_counter() - t0
     issues, P = None, None
     if "labels" in checks and y is not None:

@@ -7,6 +7,12 @@
   - ``label-spreading``: ``LabelSpreading`` on a k-nearest-neighbour graph of the (L2-normalised)
     features; images whose spread label distribution reaches ``threshold`` become pseudo-labels,
     and the pipeline's classifier is trained on labels plus pseudo-labels.
+  - ``balanced-self-training``: class-balanced curriculum pseudo-labelling (``balanced_self_training``):
+    each round every class takes the same number of its most probable unlabelled images, the share
+    grows round by round up to ``threshold`` (here a share of the pool, default 0.6), and the
+    classifier is retrained from scratch on labels plus the current pseudo-labels. The best of the
+    three on CIFAR-10 12k with 25 labels per class (``bench/semi.py``, lite0+logreg): 0.710 against
+    0.679 for the labels alone; ``self-training`` 0.653, ``label-spreading`` 0.616 there.
 - Deep models: ``fixmatch``, in the training engine (``TrainConfig.unlabeled_*``): pseudo-labels
   from weakly augmented unlabelled images above a confidence threshold train the predictions on
   strongly augmented versions of the same images (Sohn et al., 2020).
@@ -26,10 +32,15 @@ import numpy as np
 from ..data import ImageDataset
 from ..errors import ConfigError, DataError
 
-CLASSICAL = ("self-training", "label-spreading")
+CLASSICAL = ("self-training", "label-spreading", "balanced-self-training")
 DEEP = ("fixmatch",)
 SEMI_METHODS = CLASSICAL + DEEP
-DEFAULT_THRESHOLD = {"self-training": 0.75, "label-spreading": 0.75, "fixmatch": 0.95}
+#: for ``balanced-self-training`` the "threshold" is the share of the unlabelled pool pseudo-labelled in
+#: the last round (CIFAR-10 12k, 25 labels per class, shares 0.2/0.4/0.6: val 0.692 -> 0.703 -> 0.710;
+#: growing on to 0.8 and 1.0 gives 0.708 and 0.708 as the pseudo-labels get worse, 0.79 and 0.73 right)
+DEFAULT_THRESHOLD = {"self-training": 0.75, "label-spreading": 0.75, "balanced-self-training": 0.6, "fixmatch": 0.95}
+#: rounds of ``balanced-self-training`` (the share grows linearly to the final one)
+BALANCED_ROUNDS = 3
 
 
 def default_semi(kind: str) -> str:
@@ -43,7 +54,8 @@ def check_semi(kind: str, semi: str, task: str) -> None:
     if kind == "deep" and semi not in DEEP:
         raise ConfigError(f"--semi {semi}: deep methods learn from unlabelled images with fixmatch")
     if kind != "deep" and semi not in CLASSICAL:
-        raise ConfigError(f"--semi {semi}: classical pipelines use self-training or label-spreading")
+        raise ConfigError(f"--semi {semi}: classical pipelines use self-training, label-spreading or "
+                          "balanced-self-training")
     if task not in ("binary", "multiclass"):
         raise ConfigError(f"--unlabeled: semi-supervised training supports single-label tasks; this one is {task}")
 
@@ -61,6 +73,59 @@ def _round(k: int, rows: np.ndarray, pseudo: np.ndarray, truth: np.ndarray) -> d
     known = truth[rows] >= 0
     acc = float((pseudo[known] == truth[rows][known]).mean()) if known.any() else None
     return {"round": k, "added": int(len(rows)), "accuracy": acc, "scored": int(known.sum())}
+
+
+def balanced_self_training(new_classifier: Callable[[], Any], F_l: np.ndarray, y_l: np.ndarray, F_u: np.ndarray,
+                           share: float = 0.6, rounds: int = BALANCED_ROUNDS, truth: np.ndarray | None = None,
+                           ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Class-balanced curriculum pseudo-labelling; returns (pseudo-labelled rows of ``F_u``, their labels,
+    one report per round). The caller trains the final classifier on ``F_l`` plus those rows.
+
+    Round ``r`` (1..``rounds``) scores the unlabelled rows with the classifier of the previous round
+    (round 1: the labelled images alone), then every class ``c`` takes its ``share * r / rounds *
+    len(F_u) / n_classes`` rows with the highest probability of ``c`` (a row picked by two classes
+    stays with its most probable one), and a fresh ``new_classifier()`` is trained on the labelled
+    rows plus these pseudo-labels. Pseudo-labels are chosen again from scratch each round, so an early
+    mistake can be undone, and equal quotas per class stop the frequent or easy classes from taking
+    over, the usual failure of confidence-threshold self-training (on CIFAR-10 lite0 embeddings with
+    25 labels per class, a 0.75 threshold admits few images of the hard classes and loses 2.6
+    points; these quotas gain 3.1).
+
+    The schedule follows curriculum labelling (Cascante-Bonilla et al., "Curriculum Labeling:
+    Revisiting Pseudo-Labeling for Semi-Supervised Learning", AAAI 2021: percentile of the scores
+    growing each round, model re-initialised every round) with the per-class quotas of class-balanced
+    self-training (Zou et al., "Unsupervised Domain Adaptation for Semantic Segmentation via
+    Class-Balanced Self-Training", ECCV 2018).
+
+    ``truth`` (indices, -1 unknown) only scores the pseudo-labels in the round reports: ``added`` is
+    how many more images hold a pseudo-label than in the round before (so the sum is the final
+    count), ``accuracy`` is over all of that round's pseudo-labels.
+    """
+    if not 0 < share <= 1:
+        raise ConfigError(f"--pseudo-threshold {share}: for balanced-self-training give the share of the "
+                          "unlabelled images to pseudo-label, in (0, 1] (e.g. 0.6)")
+    truth = np.full(len(F_u), -1, dtype=np.int64) if truth is None else np.asarray(truth)
+    clf = new_classifier().fit(F_l, y_l)
+    classes = np.asarray(clf.classes_)
+    rows, pseudo = np.zeros(0, np.int64), np.zeros(0, y_l.dtype)
+    reports: list[dict[str, Any]] = []
+    before = 0
+    for r in range(1, max(1, int(rounds)) + 1):
+        if r > 1:  # a fresh classifier on the labels plus the previous round's pseudo-labels
+            clf = new_classifier().fit(np.concatenate([F_l, F_u[rows]]), np.concatenate([y_l, pseudo]))
+        P = clf.predict_proba(F_u)
+        n = max(1, int(round(share * r / rounds * len(F_u) / len(classes))))
+        picks = np.concatenate([np.argsort(-P[:, j], kind="stable")[:n] for j in range(len(classes))])
+        cols = np.repeat(np.arange(len(classes)), min(n, len(F_u)))
+        rows, first = np.unique(picks, return_index=True)
+        keep = cols[first] == P[rows].argmax(axis=1)  # picked by two classes: its most probable one
+        rows = rows[keep]
+        pseudo = classes[cols[first][keep]]
+        rep = _round(r, rows, pseudo, truth)
+        rep["added"], rep["pseudo_labels"] = int(len(rows) - before), int(len(rows))
+        before = len(rows)
+        reports.append(rep)
+    return rows, pseudo, reports
 
 
 def fit_semi_classical(model, train: ImageDataset, unlabeled: ImageDataset, semi: str = "self-training",
@@ -84,7 +149,9 @@ def fit_semi_classical(model, train: ImageDataset, unlabeled: ImageDataset, semi
         raise DataError(f"{unlabeled.name}: no readable unlabelled images; give a folder of images with --unlabeled")
     if len(np.unique(y_l)) < 2:
         raise DataError("semi-supervised training needs labelled images of at least two classes")
-    log(f"{semi}: {len(F_l)} labelled + {len(F_u)} unlabelled images, pseudo-label threshold {threshold}")
+    log(f"{semi}: {len(F_l)} labelled + {len(F_u)} unlabelled images, " +
+        (f"pseudo-labels for up to {threshold:.0%} of them, class-balanced" if semi == "balanced-self-training"
+         else f"pseudo-label threshold {threshold}"))
     rounds: list[dict[str, Any]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter from the inner classifier, every round
@@ -101,7 +168,7 @@ def fit_semi_classical(model, train: ImageDataset, unlabeled: ImageDataset, semi
                     rounds.append(_round(k, rows, pseudo[rows], truth))
             model.classifier_ = stc.estimator_  # the classifier of the last round: a plain sklearn model
             used = np.flatnonzero(it > 0)
-        else:
+        elif semi == "label-spreading":
             from sklearn.preprocessing import normalize
             from sklearn.semi_supervised import LabelSpreading
 
@@ -113,6 +180,12 @@ def fit_semi_classical(model, train: ImageDataset, unlabeled: ImageDataset, semi
             used = np.flatnonzero(dist.max(axis=1) >= threshold)
             rounds.append(_round(1, used, pseudo[used], truth))
             model.fit_features(np.concatenate([F_l, F_u[used]]), np.concatenate([y_l, pseudo[used]]))
+        elif semi == "balanced-self-training":
+            used, chosen, rounds = balanced_self_training(lambda: model.new_classifier(y_l), F_l, y_l, F_u,
+                                                          share=threshold, truth=truth)
+            pseudo = np.full(len(F_u), -1, dtype=y_l.dtype)
+            pseudo[used] = chosen
+            model.fit_features(np.concatenate([F_l, F_u[used]]), np.concatenate([y_l, chosen]))
     report = {"method": semi, "threshold": threshold, "labelled": int(len(F_l)), "unlabeled": int(len(F_u)),
               "pseudo_labels": int(len(used)), "rounds": rounds}
     known = truth[used] >= 0

@@ -117,7 +117,8 @@ def fold_static_pads(onnx_bytes: bytes) -> bytes:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        vals = [dict(zip(want, sess.run(want, {g.input[0].name: np.zeros([b, *dims[1:]], np.float32)})))
+        dtype = helper.tensor_dtype_to_np_dtype(g.input[0].type.tensor_type.elem_type)
+        vals = [dict(zip(want, sess.run(want, {g.input[0].name: np.zeros([b, *dims[1:]], dtype)})))
                 for b in (1, 2)]
         folded = 0
         for pad, conv in cands:
