@@ -297,7 +297,7 @@ def test_layer_statistics_see_uncentred_textures_as_scenes():
     plain background have a final feature map whose centre differs from its border; uniform textures
     (stripes, noise, a gradient "sky") do not -- the layout signal of the ``layers`` detector."""
     torch = pytest.importorskip("torch")
-    from imgclass.curation.outliers import _layer_module
+    from imgclass.features.deep import layer_statistics_module
 
     rng = np.random.default_rng(0)
     side = 224
@@ -323,7 +323,7 @@ def test_layer_statistics_see_uncentred_textures_as_scenes():
     x = np.clip(np.stack(objects + textures), 0, 255).astype(np.float32)
     x = (x.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
     with torch.no_grad():
-        out = _layer_module("lite0", "imagenet")(torch.from_numpy(x)).numpy()
+        out = layer_statistics_module("lite0", "imagenet")(torch.from_numpy(x)).numpy()
     centre_border = out[:, -2]
     assert centre_border[4:].min() > centre_border[:4].max(), centre_border
 

@@ -29,7 +29,7 @@ def curate(
     checks: Annotated[str, typer.Option(help="Detector families to run, comma-separated: quality, duplicates, outliers, labels.", rich_help_panel=_PANEL)] = "quality,duplicates,outliers,labels",
     folds: Annotated[int, typer.Option(help="Folds for the out-of-fold probabilities.", rich_help_panel=_PANEL)] = 5,
     blur_z: Annotated[float, typer.Option(help="Blurry: blur score this many scaled MADs below the dataset's median.", rich_help_panel=_PANEL)] = 3.0,
-    outlier_method: Annotated[str, typer.Option(help="lof or iforest (on the embeddings, overall and per class).", rich_help_panel=_PANEL)] = "lof",
+    outlier_method: Annotated[str, typer.Option(help="auto (layers for EfficientNet-Lite features, else lof), layers (texture, mid-level activations and layout of several backbone layers, combined), lof or iforest (on the embeddings, overall and per class).", rich_help_panel=_PANEL)] = "auto",
     outlier_z: Annotated[float, typer.Option(help="Report images whose outlier z-score is above this.", rich_help_panel=_PANEL)] = 4.0,
     min_detail: Annotated[float, typer.Option(help="Near-duplicates: fine-detail correlation a pair needs (0-1; lower finds more, with more false pairs).", rich_help_panel=_PANEL)] = 0.6,
     export_clean: Annotated[Path | None, typer.Option(help="Write the kept items to this CSV (path,label[,split]) and every excluded item with its reason to excluded.csv next to it.", rich_help_panel=_ACTIONS)] = None,

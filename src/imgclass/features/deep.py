@@ -223,3 +223,74 @@ def is_backbone_name(name: str) -> bool:
         return is_known_arch(name)
     except Exception:
         return False
+
+
+# --------------------------------------------------------------------------- multi-layer statistics
+#: stages of an EfficientNet-Lite whose pooled activations the ``layers`` detector uses (timm ``blocks``
+#: index: 2 = 40 channels at 1/8 resolution, 3 = 80 at 1/16, 4 = 112 at 1/16, 5 = 192 at 1/32)
+LAYER_BLOCKS = (2, 3, 4, 5)
+#: output channels of those stages per backbone (the layout of ``layer_statistics``' vectors)
+LAYER_CHANNELS = {"lite0": (40, 80, 112, 192), "lite1": (40, 80, 112, 192), "lite2": (48, 88, 120, 208)}
+
+
+def layer_statistics_module(backbone: str, pretrained):
+    """A torch module: image -> [mean and std over positions of each ``LAYER_BLOCKS`` stage] + for each
+    of those stages and the final 1280-channel map, two spatial statistics on the map pooled to 7 x 7:
+    cosine(centre 3 x 3 mean, border ring mean) and the mean cosine of every position to the map's mean."""
+    import torch
+    import torch.nn.functional as F
+
+
+    class LayerStats(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = create_backbone(backbone, pretrained=pretrained, num_classes=0).eval()
+
+        @staticmethod
+        def _spatial(x):
+            h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed input size: constants in the ONNX graph
+            if h % 7 == 0 and w % 7 == 0 and h > 7:
+                x = F.avg_pool2d(x, (h // 7, w // 7))
+                h = w = 7
+            # centre = the middle 3/7 of each side, border ring = the outer 1/7 (3 x 3 and ring of 7 x 7)
+            r0, r1, c0, c1 = round(2 * h / 7), round(5 * h / 7), round(2 * w / 7), round(5 * w / 7)
+            i0, i1, j0, j1 = round(h / 7), round(6 * h / 7), round(w / 7), round(6 * w / 7)
+            centre = x[:, :, r0:r1, c0:c1].mean((2, 3))
+            ring = h * w - (i1 - i0) * (j1 - j0)
+            border = (x.sum((2, 3)) - x[:, :, i0:i1, j0:j1].sum((2, 3))) / max(1, ring)
+            cb = F.cosine_similarity(centre, border, dim=1, eps=1e-6)
+            mean = x.mean((2, 3), keepdim=True)
+            uni = F.cosine_similarity(x, mean.expand_as(x), dim=1, eps=1e-6).mean((1, 2))
+            return [cb[:, None], uni[:, None]]
+
+        def forward(self, x):
+            m = self.m
+            x = m.bn1(m.conv_stem(x))
+            pooled, spatial = [], []
+            for i, b in enumerate(m.blocks):
+                x = b(x)
+                if i in LAYER_BLOCKS:
+                    pooled += [x.mean((2, 3)), x.std((2, 3))]
+                    spatial += self._spatial(x)
+            spatial += self._spatial(m.bn2(m.conv_head(x)))
+            return torch.cat(pooled + spatial, 1)
+
+    return LayerStats()
+
+
+class LayerStatistics(DeepEmbedding):
+    """``layer_statistics_module`` of the backbone as a feature extractor (ONNX Runtime, cached on disk
+    like the embeddings): per-stage activation statistics and layout cues that the pooled embedding
+    averages away (used by ``curation`` to find out-of-distribution images)."""
+
+    def _model_key(self) -> str:
+        return super()._model_key() + "-layerstats-v1"
+
+    def prepare(self) -> str:
+        if self._onnx_path and os.path.exists(self._onnx_path):
+            return self._onnx_path
+        path = cache_dir() / "onnx" / f"{self._model_key()}-{self.size}.onnx"
+        if not path.exists():
+            export_onnx(layer_statistics_module(self.backbone, self.pretrained), self.size, path)
+        self._onnx_path = str(path)
+        return self._onnx_path
