@@ -76,8 +76,10 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
     temperature is fitted there (``calibrate``; stored in the bundle and used by ``predict``).
 
     Semi-supervised: ``unlabeled`` (a folder, CSV or dataset of images; labels, if any, only score
-    the pseudo-labels) with ``semi`` = ``self-training`` or ``label-spreading`` (classical, default
-    self-training) or ``fixmatch`` (deep, the default), and ``pseudo_threshold``. The pseudo-label
+    the pseudo-labels) with ``semi`` = ``self-training``, ``balanced-self-training`` (an equal,
+    growing share of the pool per class; ``pseudo_threshold`` is then the final share) or
+    ``label-spreading`` (classical, default self-training) or ``fixmatch`` (deep, the default), and
+    ``pseudo_threshold``. The pseudo-label
     counts and accuracy per round are in ``model.meta_["semi"]``.
 
     ``exclude``: a CSV with a ``path`` column (``excluded.csv`` from ``imgclass curate``); those items

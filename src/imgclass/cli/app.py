@@ -146,7 +146,7 @@ def train(
     balance: Annotated[str | None, typer.Option(help="Imbalance: none, weights (class-weighted loss / class_weight) or sampler (balanced batches / resampling).", rich_help_panel="Task")] = None,
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on validation (stored in the bundle, used by predict).", rich_help_panel="Task")] = True,
     unlabeled: Annotated[str | None, typer.Option(help="Folder (or CSV) of unlabelled images to learn from as well; labels there only score the pseudo-labels.", rich_help_panel="Semi-supervised")] = None,
-    semi: Annotated[str | None, typer.Option(help="self-training or label-spreading (classical; default self-training), fixmatch (deep, the default).", rich_help_panel="Semi-supervised")] = None,
+    semi: Annotated[str | None, typer.Option(help="self-training, balanced-self-training (the same share of the pool per class, growing each round; --pseudo-threshold is then the final share) or label-spreading (classical; default self-training), fixmatch (deep, the default).", rich_help_panel="Semi-supervised")] = None,
     exclude: Annotated[Path | None, typer.Option(help="CSV with a path column (excluded.csv from imgclass curate): leave those items out.")] = None,
     params: Annotated[Path | None, typer.Option("--params", help="best.json from 'imgclass tune': train with its parameters (and its method unless --method is given); explicit options win.")] = None,
     pseudo_threshold: Annotated[float | None, typer.Option(help="Confidence a prediction needs to become a pseudo-label (default 0.75 classical, 0.95 fixmatch).", rich_help_panel="Semi-supervised")] = None,
