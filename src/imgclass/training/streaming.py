@@ -22,6 +22,8 @@ drop out, so ``batches`` re-cuts the stream into exactly ``quota`` items per ran
 ``len // world`` items for shards (WebDataset's ``with_epoch`` idea), the sampler's length
 otherwise. A part that runs short starts over in a new order; one that runs long stops early.
 This re-batching is written here because neither torch nor torchvision has it for iterable data.
+
+The engine imports this module only when it trains (torch is loaded by then).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..errors import DataError
+from ..features import load_arrays
 
 #: items per DataLoader batch from a worker (re-cut into training batches by ``batches``)
 _CHUNK = 32
@@ -40,8 +45,6 @@ _CHUNK = 32
 
 def _collate(items):
     """Worker output: ``(indices of decoded items, uint8 (k, 3, H, W), [(index, reason), ...])``."""
-    import torch
-
     good = [(i, a) for i, a, _ in items if a is not None]
     errors = [(i, r) for i, a, r in items if a is None]
     idx = torch.tensor([i for i, _ in good], dtype=torch.long)
@@ -50,8 +53,6 @@ def _collate(items):
 
 
 def _decode(data, preprocess, max_pixels) -> tuple[np.ndarray | None, str | None]:
-    from ..features import load_arrays
-
     arrays, ok, errors = load_arrays([data], preprocess, max_pixels)
     if ok[0]:
         return np.ascontiguousarray(arrays[0].transpose(2, 0, 1)), None
@@ -59,53 +60,31 @@ def _decode(data, preprocess, max_pixels) -> tuple[np.ndarray | None, str | None
 
 
 def _worker_init(_):
-    import torch
-
     torch.set_num_threads(1)  # decoding is one image at a time; the training process owns the cores
 
 
-def _datasets():
-    """The two torch datasets, built on first use (importing this module does not import torch)."""
-    from torch.utils.data import Dataset, IterableDataset
+class _DecodedStream(IterableDataset):
+    """Iterated inside each worker: the worker's part of the shard stream, decoded."""
 
-    class DecodedStream(IterableDataset):
-        """Iterated inside each worker: the worker's part of the shard stream, decoded."""
+    def __init__(self, stream, preprocess, max_pixels):
+        self.stream, self.preprocess, self.max_pixels = stream, preprocess, max_pixels
 
-        def __init__(self, stream, preprocess, max_pixels):
-            self.stream, self.preprocess, self.max_pixels = stream, preprocess, max_pixels
-
-        def __iter__(self):
-            for _, data, index in self.stream:
-                arr, reason = _decode(data, self.preprocess, self.max_pixels)
-                yield index, arr, reason
-
-    class DecodedFiles(Dataset):
-        def __init__(self, sources, preprocess, max_pixels):
-            self.sources, self.preprocess, self.max_pixels = sources, preprocess, max_pixels
-
-        def __len__(self):
-            return len(self.sources)
-
-        def __getitem__(self, i):
-            arr, reason = _decode(self.sources[i], self.preprocess, self.max_pixels)
-            return int(i), arr, reason
-
-    DecodedStream.__module__ = DecodedFiles.__module__ = __name__  # picklable as module attributes
-    DecodedStream.__qualname__, DecodedFiles.__qualname__ = "_DecodedStream", "_DecodedFiles"
-    return DecodedStream, DecodedFiles
+    def __iter__(self):
+        for _, data, index in self.stream:
+            arr, reason = _decode(data, self.preprocess, self.max_pixels)
+            yield index, arr, reason
 
 
-def _dataset_classes():
-    if "_DecodedStream" not in globals():
-        stream, files = _datasets()
-        globals().update(_DecodedStream=stream, _DecodedFiles=files)
-    return globals()["_DecodedStream"], globals()["_DecodedFiles"]
+class _DecodedFiles(Dataset):
+    def __init__(self, sources, preprocess, max_pixels):
+        self.sources, self.preprocess, self.max_pixels = sources, preprocess, max_pixels
 
+    def __len__(self):
+        return len(self.sources)
 
-def __getattr__(name: str):  # unpickling in a spawned/forkserver worker looks the classes up here
-    if name in ("_DecodedStream", "_DecodedFiles"):
-        return dict(zip(("_DecodedStream", "_DecodedFiles"), _dataset_classes()))[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getitem__(self, i):
+        arr, reason = _decode(self.sources[i], self.preprocess, self.max_pixels)
+        return int(i), arr, reason
 
 
 class StreamingImages:
@@ -135,9 +114,6 @@ class StreamingImages:
 
     # -- one pass over this rank's part, as worker chunks
     def _loader(self, epoch: int, attempt: int, order, rank: int, world: int):
-        import torch
-        from torch.utils.data import DataLoader
-
         kw: dict[str, Any] = {"num_workers": self.workers, "collate_fn": _collate, "batch_size": _CHUNK}
         if self.workers:
             kw.update(worker_init_fn=_worker_init, prefetch_factor=4)
@@ -150,18 +126,16 @@ class StreamingImages:
                                  shuffle_buffer=self.shuffle_buffer, seed=self.seed + 7919 * attempt,
                                  rank=rank, world_size=world)
             stream.set_epoch(epoch)
-            return DataLoader(_dataset_classes()[0](stream, self.preprocess, self.max_pixels), **kw)
+            return DataLoader(_DecodedStream(stream, self.preprocess, self.max_pixels), **kw)
         if attempt:  # a rerun to fill a short part: the same items in another order
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 101 + attempt)
             order = order[torch.randperm(len(order), generator=g)]
-        return DataLoader(_dataset_classes()[1](self.sources, self.preprocess, self.max_pixels), sampler=order.tolist(), **kw)
+        return DataLoader(_DecodedFiles(self.sources, self.preprocess, self.max_pixels), sampler=order.tolist(), **kw)
 
     def batches(self, epoch: int, order, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[tuple[Any, Any]]:
         """``(indices, uint8 images)`` batches of exactly ``batch_size`` (the last one: what is left of
         the quota), ``ceil(quota / batch_size)`` of them on every rank. ``order`` is the engine's item
         order for map-style sources (ignored for shards)."""
-        import torch
-
         quota = self.quota(None if order is None else len(order), world)
         done, attempt = 0, 0
         idx_parts: list = []
