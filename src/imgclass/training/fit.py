@@ -233,7 +233,7 @@ def fit_deep(model, train: ImageDataset, val: ImageDataset | None, cfg: TrainCon
         trainer.load_checkpoint(last)
         log(f"resumed from {last} after epoch {trainer.epoch}")
     trainer.fit()
-    if not isinstance(xtr, torch.Tensor):  # streamed: the unreadable images met while training
+    if streaming:  # the unreadable images met while training
         errtr = xtr.errors
         if errtr:
             log(f"skipped {len(errtr)} unreadable training images (listed in the report)")
