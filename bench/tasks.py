@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="dataset folder (default ../shared/datasets/...)")
     ap.add_argument("--method", default=None)
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--unfreeze", type=int, default=None)
+    ap.add_argument("--unfreeze", default=None, help="fine-tune the last N blocks, or all")
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--strategies", default="flat,local", help="hierarchical strategies to run")
     ap.add_argument("--no-hflip", action="store_true", help="no flip augmentation / TTA (handwriting)")
