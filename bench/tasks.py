@@ -35,7 +35,7 @@ def _log(msg: str) -> None:
 
 def _deep_config(args) -> dict:
     cfg = {"epochs": args.epochs, "unfreeze": args.unfreeze, "batch_size": 64, "lr": 2e-3,
-           "hflip": False if args.no_hflip else None}
+           "hflip": False if args.no_hflip else None, "degrees": args.degrees, "scale": args.scale}
     return {k: v for k, v in cfg.items() if v is not None}
 
 
@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--strategies", default="flat,local", help="hierarchical strategies to run")
     ap.add_argument("--no-hflip", action="store_true", help="no flip augmentation / TTA (handwriting)")
+    ap.add_argument("--degrees", type=float, default=None, help="random rotation (± degrees)")
+    ap.add_argument("--scale", type=float, default=None, help="random zoom (1 ± scale)")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args()
     t0 = time.perf_counter()

@@ -59,6 +59,27 @@ def test_batch_augment_keeps_shape_and_is_seeded():
         BatchAugment("wild", torch.Generator())
 
 
+def test_batch_augment_rotates_and_zooms_about_the_centre():
+    x = torch.zeros(16, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, 15:17, 4:28] = 255  # a horizontal bar through the centre
+    same = BatchAugment("light", torch.Generator().manual_seed(0), hflip=False)(x)
+    assert torch.equal(same, x.float())  # no rotation or zoom asked: untouched
+    rot = BatchAugment("light", torch.Generator().manual_seed(0), hflip=False, degrees=40)(x)
+    again = BatchAugment("light", torch.Generator().manual_seed(0), hflip=False, degrees=40)(x)
+    assert torch.equal(rot, again)
+    assert (rot[:, :, 15:17, 15:17] > 200).all()  # the centre stays on the bar
+    tilted = [(rot[i, 0, :, 6] > 100).nonzero().flatten() for i in range(16)]  # where the bar meets column 6
+    assert sum(len(t) == 0 or not set(t.tolist()) <= {15, 16} for t in tilted) >= 12  # moved off its row
+    zoom = BatchAugment("light", torch.Generator().manual_seed(0), hflip=False, scale=0.5)(x)
+    lengths = (zoom[:, 0, 16, :] > 100).sum(dim=1)  # the bar's length along its own row
+    assert (zoom[:, :, 15:17, 15:17] > 100).all() and len(set(lengths.tolist())) > 3
+    assert lengths.min() < 24 < lengths.max()  # shrunk in some images, magnified in others
+    with pytest.raises(ConfigError, match="degrees"):
+        TrainConfig(degrees=-5)
+    with pytest.raises(ConfigError, match="scale"):
+        TrainConfig(scale=1.5)
+
+
 def test_smallcnn_trains_saves_and_reloads(tmp_path):
     data = write_colour_dataset(tmp_path / "data", n_per_class=16, size=32)
     model = imgclass.train(data, method="smallcnn", out=tmp_path / "run", val_split=0.25, train_config=FAST)
@@ -248,6 +269,26 @@ def test_partial_fine_tune_trains_the_tail_on_cached_activations(tmp_path):
     again = imgclass.load_model(tmp_path / "run" / "model")
     files = sorted(str(p) for p in (tmp_path / "data").rglob("*.png"))[:6]
     np.testing.assert_allclose(again.predict_proba(files), model.predict_proba(files), atol=1e-5)
+
+
+def test_rotation_or_zoom_turns_the_activation_cache_off(tmp_path):
+    """Cached activations are fixed views; --degrees/--scale need the images, so the trunk runs each step."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet", num_classes=0)
+    wfile = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(wfile))
+    data = write_colour_dataset(tmp_path / "data", n_per_class=6, size=32)
+    logs = []
+    model = imgclass.train(data, method="test_efficientnet", pretrained=str(wfile), img_size=32,
+                           out=tmp_path / "run", log=logs.append,
+                           train_config={**FAST, "epochs": 2, "unfreeze": 1, "degrees": 15, "scale": 0.1})
+    assert not any("cached frozen-block activations" in m for m in logs)
+    assert len(model.history_) == 2
+    cfg = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert "degrees" in json.dumps(cfg)  # the augmentation is recorded with the run
 
 
 def test_no_hflip_turns_off_flip_augmentation_cached_mirrors_and_flip_tta(tmp_path):

@@ -126,6 +126,8 @@ def train(
     schedule: Annotated[str | None, typer.Option(help="Deep: onecycle, cosine or constant (with warmup).", rich_help_panel="Deep training")] = None,
     augment: Annotated[str | None, typer.Option(help="Deep: none, light, standard, strong or corruptions (standard plus ImageNet-C-style corruptions).", rich_help_panel="Deep training")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Deep: horizontal flips in augmentation and TTA (default on); turn off for text, digits and handwriting.", rich_help_panel="Deep training")] = None,
+    degrees: Annotated[float | None, typer.Option(help="Deep: random rotation of up to ± this many degrees (default 0; e.g. 10 for handwriting).", rich_help_panel="Deep training")] = None,
+    scale: Annotated[float | None, typer.Option(help="Deep: random zoom by 1 ± this fraction (default 0; e.g. 0.15).", rich_help_panel="Deep training")] = None,
     unfreeze: Annotated[str | None, typer.Option(help="Deep, pretrained: fine-tune only the last N blocks (default 3; the frozen blocks' activations are cached), or 'all'.", rich_help_panel="Deep training")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Deep: label smoothing (default 0.1).", rich_help_panel="Deep training")] = None,
     mixup: Annotated[float | None, typer.Option(help="Deep: mixup alpha (0 = off).", rich_help_panel="Deep training")] = None,
@@ -157,7 +159,7 @@ def train(
     deep = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
             "augment": augment, "unfreeze": unfreeze, "label_smoothing": label_smoothing,
             "mixup": mixup, "cutmix": cutmix, "ema": ema, "early_stopping": early_stopping, "hflip": hflip,
-            "device": device, "precision": precision, "stream": stream}
+            "degrees": degrees, "scale": scale, "device": device, "precision": precision, "stream": stream}
     deep = {k: v for k, v in deep.items() if v is not None}
     if resume is not None:
         model = api.train(resume=resume, log=_err)

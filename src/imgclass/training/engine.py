@@ -70,6 +70,10 @@ class TrainConfig(ConfigDict):
     unfreeze: int | str | None = None  # train only the last N blocks (None or "all" = every block)
     cache_frozen: bool = True  # with unfreeze: run the frozen trunk once and cache its activations
     hflip: bool = True  # horizontal flips in augmentation and TTA; off for text, digits, handwriting
+    # random rotation (± degrees) and zoom (side scaled by 1 ± scale) in the batch augmentation; 0 = off.
+    # They need the images, so they turn the frozen-trunk activation cache off.
+    degrees: float = 0.0
+    scale: float = 0.0
     tta: bool = True
     # semi-supervised (FixMatch) with unlabelled images: unlabelled images per labelled one in a step,
     # the confidence a weak-view prediction needs to become a pseudo-label, and the loss weight
@@ -112,6 +116,10 @@ class TrainConfig(ConfigDict):
             raise ConfigError(f"--stream {self.stream!r}: choose auto, on or off")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp16")
+        if not 0 <= self.degrees <= 180:
+            raise ConfigError(f"--degrees {self.degrees}: give a rotation between 0 and 180 degrees")
+        if not 0 <= self.scale < 1:
+            raise ConfigError(f"--scale {self.scale}: give a zoom fraction in [0, 1), e.g. 0.15 for 0.85-1.15x")
 
     def default_weight_decay(self) -> float:
         if self.weight_decay is not None:
@@ -126,12 +134,29 @@ class TrainConfig(ConfigDict):
 class BatchAugment:
     """Augmentation on a uint8 batch tensor ``(b, 3, h, w)``; presets mirror ``imgclass.transforms``."""
 
-    def __init__(self, preset: str, generator, hflip: bool = True):
+    def __init__(self, preset: str, generator, hflip: bool = True, degrees: float = 0.0, scale: float = 0.0):
         from ..transforms import AUGMENT_PRESETS
 
         if preset not in AUGMENT_PRESETS:
             raise ConfigError(f"--augment {preset!r}: choose one of {', '.join(AUGMENT_PRESETS)}")
         self.preset, self.g, self.hflip = preset, generator, hflip
+        self.degrees, self.scale = float(degrees), float(scale)
+
+    def _affine(self, x):
+        """Random rotation and zoom of a float batch: one ``affine_grid`` + ``grid_sample`` for the whole
+        batch (torchvision's v2 RandomAffine draws one set of parameters per call, i.e. per batch)."""
+        import torch
+
+        b = x.shape[0]
+        theta = (torch.rand(b, generator=self.g) * 2 - 1) * self.degrees * np.pi / 180
+        zoom = 1 + (torch.rand(b, generator=self.g) * 2 - 1) * self.scale  # > 1 magnifies
+        cos, sin = torch.cos(theta) / zoom, torch.sin(theta) / zoom
+        zero = torch.zeros(b)
+        mat = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = torch.nn.functional.affine_grid(mat, list(x.shape), align_corners=False)
+        # border padding: the corners uncovered by a rotation repeat the edge (a photo's edge, a page's
+        # background) instead of turning black
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def __call__(self, x):
         import torch
@@ -142,17 +167,20 @@ class BatchAugment:
         if self.hflip:
             flip = torch.rand(b, generator=self.g) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        x = x.float()
+        if self.degrees or self.scale:
+            x = self._affine(x)
         if self.preset == "light":
-            return x.float()
+            return x
         if self.preset == "corruptions":  # ImageNet-C-style corruptions on half of the images (numpy)
             from ..transforms import RandomCorruption
 
             rc = RandomCorruption(seed=int(torch.randint(0, 2**31, (1,), generator=self.g)))
-            x = torch.from_numpy(np.stack([rc.apply_array(im) for im in x.permute(0, 2, 3, 1).numpy()])
-                                 ).permute(0, 3, 1, 2)
+            u8 = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            x = torch.from_numpy(np.stack([rc.apply_array(im) for im in u8])).permute(0, 3, 1, 2).float()
         # translate by up to 1/8 of the side with reflection padding (random crop after padding)
         pad = max(1, h // 8) if self.preset in ("standard", "corruptions") else max(1, h // 6)
-        xp = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
         dx = torch.randint(0, 2 * pad + 1, (b,), generator=self.g)
         dy = torch.randint(0, 2 * pad + 1, (b,), generator=self.g)
         rows = (dy[:, None] + torch.arange(h)[None, :])  # (b, h)
@@ -289,7 +317,7 @@ class Trainer:
         self.best: float | None = None
         self.bad_epochs = 0
         self.g = torch.Generator().manual_seed(cfg.seed)
-        self.augment = BatchAugment(cfg.augment, self.g, cfg.hflip)
+        self.augment = BatchAugment(cfg.augment, self.g, cfg.hflip, cfg.degrees, cfg.scale)
         self.unlabeled = unlabeled if unlabeled is not None and len(unlabeled.x) else None
         if self.unlabeled is not None:  # FixMatch views: flip + shift (weak); shift + strong colour jitter (strong)
             self.weak = BatchAugment("standard" if cfg.augment != "none" else "light", self.g, cfg.hflip)
@@ -346,7 +374,7 @@ class Trainer:
         self.split = None  # (trunk, tail) when the frozen trunk's activations are cached
         # the cache holds fixed views, and FixMatch needs fresh strong augmentations of unlabelled images
         if (pretrained and cfg.unfreeze is not None and cfg.cache_frozen and self.unlabeled is None
-                and not self.dist.enabled and self.device == "cpu" and not self.streaming):
+                and not (cfg.degrees or cfg.scale) and not self.dist.enabled and self.device == "cpu" and not self.streaming):
             from .frozen import split_network
 
             self.split = split_network(self.model, cfg.unfreeze)
