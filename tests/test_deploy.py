@@ -247,3 +247,67 @@ def test_tf_same_padding_is_folded_into_the_convolutions():
     x = np.random.default_rng(0).integers(0, 256, (3, 15, 15, 3), dtype=np.uint8)
     run = [ort.InferenceSession(b, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0] for b in (raw, folded)]
     assert np.array_equal(run[0], run[1])
+
+
+def _prologue_net(mean, std):
+    """uint8 NHWC in, normalised in the graph like an exported bundle, then a conv net."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, image):
+            x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            x = torch.nn.functional.relu6(self.conv2(torch.nn.functional.relu6(self.conv(x))))
+            return torch.softmax(self.fc(x.mean(dim=(2, 3))), dim=1)
+
+    return Net().eval()
+
+
+def _run_onnx(data: bytes, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+
+@pytest.mark.parametrize("scalar", [True, False])
+def test_int8_graph_reads_the_uint8_image_directly(scalar, tmp_path, monkeypatch):
+    """Scalar mean/std: the float prologue (Cast, Sub, Div, QuantizeLinear) is gone and the first
+    convolution dequantises the pixels themselves, agreeing with the plain quantised graph. Per-channel
+    normalisation is left as the quantiser wrote it."""
+    import io
+
+    import onnx
+    import torch
+
+    import importlib
+
+    export_mod = importlib.import_module("imgclass.deploy.export")
+
+    net = _prologue_net((127.5,) * 3 if scalar else (120.0, 115.0, 100.0), (127.5,) * 3 if scalar else (60.0, 62.0, 65.0))
+    rng = np.random.default_rng(0)
+    calib = rng.integers(0, 256, (32, 24, 24, 3), dtype=np.uint8)
+    calib[0, 0, 0] = 0
+    calib[0, 0, 1] = 255
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(net, torch.zeros(1, 24, 24, 3, dtype=torch.uint8), buf, dynamo=False, input_names=["image"],
+                          output_names=["probabilities"], opset_version=17, dynamic_axes={"image": {0: "b"}})
+    q = export_mod.quantize(buf.getvalue(), "int8", calib, workdir=tmp_path)
+    ops = [n.op_type for n in onnx.load_from_string(q).graph.node]
+    assert ("Cast" not in ops and "Sub" not in ops and "Div" not in ops) == scalar
+    monkeypatch.setattr(export_mod, "feed_uint8_input", lambda m: False)
+    plain = export_mod.quantize(buf.getvalue(), "int8", calib, workdir=tmp_path)
+    x = rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8)
+    Pq, Pp = _run_onnx(q, x), _run_onnx(plain, x)
+    with torch.no_grad():
+        Pf = net(torch.from_numpy(x)).numpy()
+    assert np.abs(Pq - Pp).max() < 0.02  # the same quantised network, to within a rounding step
+    assert np.abs(Pq - Pf).max() < 0.05
