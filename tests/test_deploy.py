@@ -282,12 +282,11 @@ def test_int8_graph_reads_the_uint8_image_directly(scalar, tmp_path, monkeypatch
     """Scalar mean/std: the float prologue (Cast, Sub, Div, QuantizeLinear) is gone and the first
     convolution dequantises the pixels themselves, agreeing with the plain quantised graph. Per-channel
     normalisation is left as the quantiser wrote it."""
+    import importlib
     import io
 
     import onnx
     import torch
-
-    import importlib
 
     export_mod = importlib.import_module("imgclass.deploy.export")
 
