@@ -174,8 +174,8 @@ def test_unfreeze_trains_only_the_last_blocks():
     assert all(p.requires_grad for p in net.parameters())
 
 
-def test_fine_tune_from_local_weights_head_first(tmp_path):
-    """A pretrained (local file) backbone: epoch 1 trains the head only, then everything."""
+def _local_weights(tmp_path):
+    """A seeded timm test EfficientNet and its weights saved as a local ``.safetensors`` file."""
     import timm
     from safetensors.torch import save_file
 
@@ -183,6 +183,12 @@ def test_fine_tune_from_local_weights_head_first(tmp_path):
     net = timm.create_model("test_efficientnet", num_classes=0)
     wfile = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(wfile))
+    return net, wfile
+
+
+def test_fine_tune_from_local_weights_head_first(tmp_path):
+    """A pretrained (local file) backbone: epoch 1 trains the head only, then everything."""
+    net, wfile = _local_weights(tmp_path)
     data = write_colour_dataset(tmp_path / "data", n_per_class=8, size=32)
     model = imgclass.train(data, method="test_efficientnet", pretrained=str(wfile), img_size=32,
                            out=tmp_path / "run", train_config={**FAST, "head_epochs": 1})
@@ -244,13 +250,7 @@ def test_activation_cache_matches_the_trunk_and_mirrors_exactly():
 def test_partial_fine_tune_trains_the_tail_on_cached_activations(tmp_path):
     """--unfreeze with a pretrained backbone: the trunk runs once (cached), frozen weights stay
     untouched, the tail learns, and the saved bundle predicts like the trained network."""
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    net = timm.create_model("test_efficientnet", num_classes=0)
-    wfile = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(wfile))
+    net, wfile = _local_weights(tmp_path)
     data = write_colour_dataset(tmp_path / "data", n_per_class=10, size=32)
     logs = []
     model = imgclass.train(data, method="test_efficientnet", pretrained=str(wfile), img_size=32,
@@ -273,13 +273,7 @@ def test_partial_fine_tune_trains_the_tail_on_cached_activations(tmp_path):
 
 def test_rotation_or_zoom_turns_the_activation_cache_off(tmp_path):
     """Cached activations are fixed views; --degrees/--scale need the images, so the trunk runs each step."""
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    net = timm.create_model("test_efficientnet", num_classes=0)
-    wfile = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(wfile))
+    net, wfile = _local_weights(tmp_path)
     data = write_colour_dataset(tmp_path / "data", n_per_class=6, size=32)
     logs = []
     model = imgclass.train(data, method="test_efficientnet", pretrained=str(wfile), img_size=32,
