@@ -35,7 +35,8 @@ def _log(msg: str) -> None:
 
 def _deep_config(args) -> dict:
     cfg = {"epochs": args.epochs, "unfreeze": args.unfreeze, "batch_size": 64, "lr": 2e-3,
-           "hflip": False if args.no_hflip else None, "degrees": args.degrees, "scale": args.scale}
+           "hflip": False if args.no_hflip else None, "degrees": args.degrees, "scale": args.scale,
+           "ema": args.ema}
     return {k: v for k, v in cfg.items() if v is not None}
 
 
@@ -204,6 +205,7 @@ def main() -> None:
     ap.add_argument("--no-hflip", action="store_true", help="no flip augmentation / TTA (handwriting)")
     ap.add_argument("--degrees", type=float, default=None, help="random rotation (± degrees)")
     ap.add_argument("--scale", type=float, default=None, help="random zoom (1 ± scale)")
+    ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights per step")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args()
     t0 = time.perf_counter()
