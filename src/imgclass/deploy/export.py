@@ -270,6 +270,8 @@ def feed_uint8_input(model) -> bool:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     producer = {o: n for n in g.node for o in n.output}
+    # the pixels must arrive as uint8 (the exported graphs' "image" input) for a uint8 zero point to fit
+    uint8_input = bool(g.input) and g.input[0].type.tensor_type.elem_type == 2  # onnx.TensorProto.UINT8
 
     def scalar(name: str) -> float | None:
         if name in init:
@@ -296,8 +298,17 @@ def feed_uint8_input(model) -> bool:
             return False
         dqs = consumers.get(q.output[0], [])
         convs = [c for dq in dqs for c in consumers.get(dq.output[0], [])]
+
+        def quantised_initializers(name: str) -> bool:  # a DequantizeLinear of stored (weight / bias) tensors
+            dq = producer.get(name)
+            return dq is not None and dq.op_type == "DequantizeLinear" and all(i in init for i in dq.input[:2])
+
+        # everything is checked before the graph is touched: a graph this pass cannot handle stays as it was
         if (not dqs or any(d.op_type != "DequantizeLinear" for d in dqs)
-                or any(c.op_type != "Conv" or len(c.input) < 3 or c.input[2] not in producer for c in convs)):
+                or any(c.op_type != "Conv" or len(c.input) < 3 or not quantised_initializers(c.input[1])
+                       or not quantised_initializers(c.input[2]) or len(producer[c.input[1]].input) < 3
+                       for c in convs)
+                or not uint8_input):
             return False
         delta = (round(m) - m) / s  # (x - m) / s = (x - round(m)) / s + delta
         for dq in dqs:
@@ -312,8 +323,8 @@ def feed_uint8_input(model) -> bool:
             init[bdq.input[0]].CopyFrom(nh.from_array(np.round(b / bscale).astype(np.int32), bdq.input[0]))
         for n in (q, div, sub, cast):
             g.node.remove(n)
-        used = {i for n in g.node for i in n.input}
-        for name in [k for k in init if k not in used and k not in {o.name for o in g.output}]:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        for name in [k for k in init if k not in used]:
             g.initializer.remove(init[name])
         return True
     return False
