@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from imgclass.curation import DEFAULT_EXCLUDE, curate
 from imgclass.curation.duplicates import candidate_pairs, exact_groups, groups_from_pairs
 from imgclass.curation.labels import confident_learning, out_of_fold_probabilities
-from imgclass.curation.outliers import layer_outlier_scores, outlier_scores
+from imgclass.curation.outliers import layer_outlier_scores, outlier_scores, refine_outlier_scores
 from imgclass.curation.quality import robust_z
 from imgclass.data import load_dataset
 from imgclass.errors import ConfigError
@@ -290,6 +290,46 @@ def test_layer_outlier_scores_rank_unusual_uncentred_rows_first():
     assert set(parts) == {"lof_std_4", "lof_mean_5", "lof_mean_6", "lof_mean_7", "centre_border_similarity"}
     assert set(np.argsort(-score, kind="stable")[:3].tolist()) == set(scenes)
     assert score[scenes].min() > score[5]
+
+
+def test_refine_outlier_scores_finds_the_outliers_the_first_ranking_missed():
+    """24 rows share an unusual direction; the first ranking puts only 12 of them on top (the other 12 are
+    mid-ranked) and also puts up 12 rows that are unusual for another reason (a quality problem, not
+    eligible as examples). The refinement learns the shared direction from the eligible top rows and
+    lifts the missed 12 into the top 24; the ineligible rows teach it nothing."""
+    rng = np.random.default_rng(0)
+    n, d = 600, 12
+    X = rng.normal(0, 1, (n, d))
+    out = np.arange(24)
+    X[out, 0] += 3.0  # the shared direction
+    blurry = np.arange(24, 36)
+    X[blurry, 1] += 3.0  # a different direction, flagged elsewhere
+    score = rng.normal(0, 1, n)
+    score[out[:12]] = 6 + rng.uniform(0, 1, 12)
+    score[out[12:]] = rng.uniform(0.5, 1.0, 12)  # missed: above the median, far from the top
+    score[blurry] = 6 + rng.uniform(0, 1, 12)
+    eligible = np.ones(n, bool)
+    eligible[blurry] = False
+    top = lambda s: set(np.argsort(-np.where(eligible, s, -np.inf), kind="stable")[:24].tolist())  # noqa: E731
+    assert len(top(score) & set(out)) == 12
+    refined = refine_outlier_scores(score, X, rounds=2, top=12, eligible=eligible, seed=0)
+    assert refined.shape == (n,) and np.isfinite(refined).all()
+    assert len(top(refined) & set(out)) >= 19
+    # without the mask the flagged rows are examples too, and the refinement helps less
+    mixed = refine_outlier_scores(score, X, rounds=2, top=24, seed=0)
+    assert len(top(mixed) & set(out)) < len(top(refined) & set(out))
+    # nothing to learn from: returned unchanged
+    assert np.array_equal(refine_outlier_scores(score[:40], X[:40], top=30), score[:40])
+    assert np.array_equal(refine_outlier_scores(score, X, rounds=0), score)
+
+
+def test_blurry_images_are_not_ranked_as_outliers(result):
+    rows = {result.dataset.relpath(k).removeprefix("photos/"): k for k in range(len(result.dataset))}
+    k = rows[PLANTED["blurred"]]
+    assert k in {r for r, *_ in result.quality["blurry"]}
+    assert np.isnan(result.outlier_score[k])
+    assert PLANTED["blurred"] not in _paths(result.issues()["outliers"])
+    assert np.isfinite(result.outlier_score[rows[PLANTED["blur_source"]]])
 
 
 def test_layer_statistics_see_uncentred_textures_as_scenes():

@@ -30,7 +30,7 @@ def curate(
     folds: Annotated[int, typer.Option(help="Folds for the out-of-fold probabilities.", rich_help_panel=_PANEL)] = 5,
     blur_z: Annotated[float, typer.Option(help="Blurry: blur score this many scaled MADs below the dataset's median.", rich_help_panel=_PANEL)] = 3.0,
     outlier_method: Annotated[str, typer.Option(help="auto (layers for EfficientNet-Lite features, else lof), layers (texture, mid-level activations and layout of several backbone layers, combined), lof or iforest (on the embeddings, overall and per class).", rich_help_panel=_PANEL)] = "auto",
-    outlier_z: Annotated[float, typer.Option(help="Report images whose outlier z-score is above this.", rich_help_panel=_PANEL)] = 4.0,
+    outlier_z: Annotated[float | None, typer.Option(help="Report images whose outlier score is above this (default: 3.25 for layers, 4 for lof and iforest).", rich_help_panel=_PANEL)] = None,
     min_detail: Annotated[float, typer.Option(help="Near-duplicates: fine-detail correlation a pair needs (0-1; lower finds more, with more false pairs).", rich_help_panel=_PANEL)] = 0.6,
     export_clean: Annotated[Path | None, typer.Option(help="Write the kept items to this CSV (path,label[,split]) and every excluded item with its reason to excluded.csv next to it.", rich_help_panel=_ACTIONS)] = None,
     exclude_types: Annotated[str | None, typer.Option(help="What --export-clean excludes, comma-separated (default blurry,duplicates,leakage,conflicting_labels,outliers,label_issues; also dark, bright, low_contrast, odd_size, grayscale).", rich_help_panel=_ACTIONS)] = None,

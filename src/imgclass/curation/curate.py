@@ -30,7 +30,15 @@ from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError, DataError
 from .duplicates import DuplicateLimits, exact_groups, groups_from_pairs, near_duplicates
 from .labels import confident_learning, neighbour_vote, out_of_fold_probabilities
-from .outliers import LAYER_CHANNELS, METHODS, layer_outlier_scores, layer_statistics, outlier_scores
+from .outliers import (
+    DEFAULT_Z,
+    LAYER_CHANNELS,
+    METHODS,
+    layer_outlier_scores,
+    layer_statistics,
+    outlier_scores,
+    refine_outlier_scores,
+)
 from .quality import STAT_COLUMNS, QualityLimits, image_stats, quality_issues
 
 QUALITY_TYPES = ("blurry", "dark", "bright", "low_contrast", "odd_size", "grayscale")
@@ -430,7 +438,7 @@ def _as_dataset(data) -> ImageDataset:
 
 def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg", oof: str | os.PathLike | None = None,
            out: str | os.PathLike | None = None, folds: int = 5, seed: int = 0,
-           outlier_method: str = "auto", outlier_z: float = 4.0,
+           outlier_method: str = "auto", outlier_z: float | None = None,
            quality: QualityLimits | None = None, duplicates: DuplicateLimits | None = None,
            checks: Sequence[str] = ("quality", "duplicates", "outliers", "labels"),
            n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -447,8 +455,9 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
             backbone such as lite0, else ``lof``), ``layers`` (multi-layer statistics of that backbone
             plus an object-centred layout check: one more backbone pass, cached on disk; see
             ``outliers.layer_outlier_scores``), ``lof`` or ``iforest`` (on the embeddings);
-            ``outlier_z``: the robust z-score above which an image is reported as an outlier (the full
-            ranking is in ``stats.csv``).
+            ``outlier_z``: the score above which an image is reported as an outlier (the full ranking
+            is in ``stats.csv``); default ``outliers.DEFAULT_Z`` of the method (``layers``: 3.25 on its
+            normal-score scale; ``lof``/``iforest``: 4 robust z-scores).
         checks: which detector families to run.
         out: when given, ``result.write(out)``.
     """
@@ -521,14 +530,23 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
                                  f"({', '.join(LAYER_CHANNELS)}) as the features; used lof")
                 method = "lof"
         score = np.full(len(ds), np.nan)
+        outlier_method = method  # the one used: its default limit applies
         if method == "layers":
             L, lok = layer_statistics([ds.sources[i] for i in ok_rows], pipe.extractor, pipe.preprocess,
                                       n_jobs=n_jobs, max_pixels=max_pixels)
             if len(L) >= 5:
-                score[ok_rows[lok]], _ = layer_outlier_scores(L, LAYER_CHANNELS[backbone], seed)
+                rows = ok_rows[lok]
+                s, _ = layer_outlier_scores(L, LAYER_CHANNELS[backbone], seed)
+                flagged = np.zeros(len(ds), bool)  # images with a quality issue: not positives of the refinement
+                for found in q.values():
+                    flagged[[i for i, *_ in found]] = True
+                score[rows] = refine_outlier_scores(s, L, eligible=~flagged[rows], seed=seed)
         else:
             s, _, _ = outlier_scores(E, None if y is None else y[ok_rows], method, seed)
             score[ok_rows] = s
+        # A blurred photo is reported once, as blurry: its texture statistics are unusual for the
+        # same reason, and ranking it among the outliers would push out images whose content is.
+        score[[i for i, *_ in q.get("blurry", [])]] = np.nan
         timings["outliers_s"] = time.perf_counter() - t0
     issues, P = None, None
     if "labels" in checks and y is not None:
@@ -559,7 +577,8 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
         timings["label_issues_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     res = CurationResult(dataset=ds, stats=stats, quality=q, exact=exact, near=near, outlier_score=score,
-                         outlier_z=outlier_z, label_issues=issues, oof=P, features=",".join(spec.features),
+                         outlier_z=DEFAULT_Z.get(outlier_method, 4.0) if outlier_z is None else outlier_z,
+                         label_issues=issues, oof=P, features=",".join(spec.features),
                          timings=timings, notes=notes, skipped=skipped, embeddings=E,
                          embedded_rows=ok_rows if E is not None else None)
     counts = {k: v for k, v in res.counts().items() if v}
