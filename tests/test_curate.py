@@ -372,6 +372,11 @@ def test_layers_outlier_method_falls_back_to_lof_without_a_lite_backbone(photos)
     res = curate(photos, model=MODEL, n_jobs=1, seed=0, checks=("outliers",), outlier_method="layers")
     assert any("layers needs an EfficientNet-Lite" in n for n in res.notes)
     assert np.isfinite(res.outlier_score[res.stats.ok]).sum() >= 5
+    assert res.outlier_z == 4.0  # the limit of the method used (lof), not of the one asked for (layers: 3.25)
+    res = curate(photos, model=MODEL, n_jobs=1, seed=0, checks=("outliers",), outlier_z=2.5)
+    assert res.outlier_z == 2.5
+    z = res.outlier_score
+    assert {r["path"] for r in res.issues()["outliers"]} == {res.dataset.relpath(i) for i in np.flatnonzero(z > 2.5)}
 
 
 # --------------------------------------------------------------------------- label issues

@@ -516,7 +516,7 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
         y = ds.targets
     elif ds.is_labelled:
         notes.append("multi-label data: label-issue search (confident learning) covers single-label tasks only; skipped")
-    score = None
+    score, used_method = None, outlier_method
     if "outliers" in checks and E is not None and len(E) >= 5:
         t0 = time.perf_counter()
         method = outlier_method
@@ -529,8 +529,7 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
                     notes.append(f"outliers: --outlier-method layers needs an EfficientNet-Lite backbone "
                                  f"({', '.join(LAYER_CHANNELS)}) as the features; used lof")
                 method = "lof"
-        score = np.full(len(ds), np.nan)
-        outlier_method = method  # the one used: its default limit applies
+        score, used_method = np.full(len(ds), np.nan), method  # the one used: its default limit applies
         if method == "layers":
             L, lok = layer_statistics([ds.sources[i] for i in ok_rows], pipe.extractor, pipe.preprocess,
                                       n_jobs=n_jobs, max_pixels=max_pixels)
@@ -577,7 +576,7 @@ def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg
         timings["label_issues_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     res = CurationResult(dataset=ds, stats=stats, quality=q, exact=exact, near=near, outlier_score=score,
-                         outlier_z=DEFAULT_Z.get(outlier_method, 4.0) if outlier_z is None else outlier_z,
+                         outlier_z=DEFAULT_Z.get(used_method, 4.0) if outlier_z is None else outlier_z,
                          label_issues=issues, oof=P, features=",".join(spec.features),
                          timings=timings, notes=notes, skipped=skipped, embeddings=E,
                          embedded_rows=ok_rows if E is not None else None)
