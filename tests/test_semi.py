@@ -125,3 +125,15 @@ def test_balanced_self_training_gives_every_class_the_same_quota_and_helps():
     assert np.array_equal(rows, rows2) and np.array_equal(pseudo, pseudo2)
     with pytest.raises(ConfigError, match="share"):
         balanced_self_training(_logreg, F_l, y_l, F_u, share=1.5)
+
+
+def test_pseudo_label_threshold_is_read_on_the_label_smoothed_scale():
+    from imgclass.training.engine import pseudo_label_threshold
+
+    # label smoothing 0.1 over 10 classes trains the true class toward 0.91: 0.95 of that
+    assert pseudo_label_threshold(0.95, 0.1, 10) == pytest.approx(0.95 * 0.91)
+    assert pseudo_label_threshold(0.95, 0.0, 10) == 0.95
+    assert pseudo_label_threshold(0.5, 0.2, 2) == pytest.approx(0.5 * 0.9)
+    # a smoothed network's confident predictions pass; an unscaled 0.95 would reject them all
+    target = 1 - 0.1 + 0.1 / 10
+    assert target >= pseudo_label_threshold(0.95, 0.1, 10) and target < 0.95

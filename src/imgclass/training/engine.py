@@ -284,6 +284,19 @@ class NodeSoftmaxLoss:
         return torch.nn.functional.nll_loss(logp, target)
 
 
+def pseudo_label_threshold(threshold: float, label_smoothing: float, n_classes: int) -> float:
+    """The confidence a weak-view prediction needs to become a FixMatch pseudo-label.
+
+    ``threshold`` is read on the scale of what the network is trained toward: with label smoothing
+    ``e`` over ``K`` classes its target for the true class is ``1 - e + e / K`` (0.91 for e = 0.1,
+    K = 10), so a well-fitted network seldom reaches a fixed 0.95. Measured on cifar10-12k (250 labels,
+    lite0 at 64 px, 40 epochs): with the unscaled 0.95 only ~27 of 1,000 unlabelled views per epoch
+    passed and FixMatch matched the labels-only run (0.5275 vs 0.5255)."""
+    if not 0 <= label_smoothing < 1 or n_classes < 1:
+        return threshold
+    return threshold * (1.0 - label_smoothing + label_smoothing / n_classes)
+
+
 class Trainer:
     """Train ``model`` on in-memory tensors, checkpointing into ``ckpt_dir`` every epoch.
 
@@ -329,6 +342,8 @@ class Trainer:
             n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
         self.n_classes = n_classes
         self.node_loss = node_loss
+        smoothing = cfg.label_smoothing if task not in ("multilabel",) and node_loss is None else 0.0
+        self.pseudo_threshold = pseudo_label_threshold(cfg.pseudo_threshold, smoothing, n_classes)
         weight = None
         if cfg.balance == "weights" and train.y.ndim == 1:
             counts = torch.bincount(train.y, minlength=n_classes).float().clamp_min(1)
@@ -471,7 +486,7 @@ class Trainer:
         with torch.no_grad():
             prob = torch.softmax(self.model(self._normalize(self.weak(xu).to(self.device))), dim=1).cpu()
         conf, pseudo = prob.max(dim=1)
-        mask = conf >= self.cfg.pseudo_threshold
+        mask = conf >= self.pseudo_threshold
         truth = u.y[idx]
         scored = mask & (truth >= 0)
         self._pseudo[0] += int(mask.sum())
