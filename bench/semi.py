@@ -6,6 +6,8 @@ The baseline in the same run is the same method trained on the 250 labels alone.
 
     .venv/bin/python bench/semi.py [CIFAR_DIR] [--method lite0+logreg] [--per-class 25]
         [--semi self-training,label-spreading,balanced-self-training]
+    .venv/bin/python bench/semi.py --method lite0 --semi fixmatch --img-size 64 \
+        --train-config '{"epochs": 40, "unlabeled_ratio": 4}'
 
 Each row goes through ``imgclass.train(..., unlabeled=..., semi=...)`` exactly as
 ``imgclass train LABELLED.csv --unlabeled POOL.csv --semi S`` does. Results: ``bench/results/semi.json``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +46,15 @@ def main() -> None:
     ap.add_argument("--semi", default="self-training,label-spreading,balanced-self-training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pseudo-threshold", type=float, default=None)
+    ap.add_argument("--img-size", type=int, default=None, help="deep methods: input size")
+    ap.add_argument("--train-config", default=None,
+                    help='deep methods: TrainConfig fields as JSON, e.g. \'{"epochs": 40, "unlabeled_ratio": 4}\'')
     args = ap.parse_args()
+    deep = {}
+    if args.img_size:
+        deep["img_size"] = args.img_size
+    if args.train_config:
+        deep["train_config"] = json.loads(args.train_config)
     root = dataset_path("cifar10-12k", args.data)
     rng = np.random.default_rng(args.seed)
     labelled, pool = [], []
@@ -61,10 +72,13 @@ def main() -> None:
             with Timer() as t:
                 model = imgclass.train(lab_csv, method=args.method, val=val, seed=args.seed,
                                        unlabeled=pool_csv if semi else None, semi=semi,
-                                       pseudo_threshold=args.pseudo_threshold if semi else None,
+                                       pseudo_threshold=args.pseudo_threshold if semi else None, **deep,
                                        log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
             acc = model.meta_["metrics"]["val"]["accuracy"]
-            rep = model.meta_.get("semi") or {}
+            rep = dict(model.meta_.get("semi") or {})
+            if rep.get("method") == "fixmatch":  # per-epoch counts: the last epoch's pseudo-labels and accuracy
+                last = (rep.get("rounds") or [{}])[-1]
+                rep["pseudo_labels"], rep["pseudo_accuracy"] = last.get("added", 0), last.get("accuracy")
             rows.append({"training": f"{len(labelled)} labels" + (f" + {len(pool)} unlabelled, {semi}" if semi else " only"),
                          "val_accuracy": acc, "pseudo_labels": rep.get("pseudo_labels", 0),
                          "pseudo_accuracy": rep.get("pseudo_accuracy") if rep.get("pseudo_accuracy") is not None
@@ -74,7 +88,7 @@ def main() -> None:
         r["gain_points"] = 100 * (r["val_accuracy"] - base)
     print(table(rows, list(rows[0]), f"CIFAR-10 12k, {args.method}, {args.per_class} labels per class "
                                      "(target: +5 points over the labels alone)"))
-    save("semi", {"rows": rows, "method": args.method, "per_class": args.per_class,
+    save("semi" if args.method == "lite0+logreg" else f"semi_{args.method.replace('+', '_')}", {"rows": rows, "method": args.method, "per_class": args.per_class,
                   "command": "python bench/semi.py " + " ".join(sys.argv[1:])})
 
 
