@@ -343,8 +343,6 @@ class Trainer:
             n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
         self.n_classes = n_classes
         self.node_loss = node_loss
-        smoothing = cfg.label_smoothing if task not in ("multilabel",) and node_loss is None else 0.0
-        self.pseudo_threshold = pseudo_label_threshold(cfg.pseudo_threshold, smoothing, n_classes)
         weight = None
         if cfg.balance == "weights" and train.y.ndim == 1:
             counts = torch.bincount(train.y, minlength=n_classes).float().clamp_min(1)
@@ -357,6 +355,9 @@ class Trainer:
             self.criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         if criterion is not None:
             self.criterion, weight = criterion, None
+        # read from the loss actually used (CrossEntropyLoss carries its smoothing; BCE and node losses none)
+        self.pseudo_threshold = pseudo_label_threshold(
+            cfg.pseudo_threshold, float(getattr(self.criterion, "label_smoothing", 0.0)), n_classes)
         # each rank takes its share of the global batch; DistributedSampler pads every rank to ceil(n / world)
         self.local_batch = max(1, cfg.batch_size // self.dist.world)
         self.steps_per_epoch = max(1, math.ceil(math.ceil(len(train.x) / self.dist.world) / self.local_batch))
