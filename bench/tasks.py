@@ -116,19 +116,33 @@ def bench_miml(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- hierarchical
+def _hier_row(label, strategy, h, wall):
+    at = h["fallback_at"]
+    return {"data": label, "strategy": strategy, "level1_acc": h["level_accuracy"][0],
+            "leaf_acc": h["leaf_accuracy"], "hier_f1": h["hierarchical_f1"],
+            "severity": h["mistake_severity"], "p0.5_precision": at["precision"],
+            "p0.5_coverage": at["coverage"], "p0.5_answered": at["answered"], "wall_s": wall}
+
+
 def _hier_rows(data, method, args, split_kw, label, taxonomy=None):
     rows = []
     for strategy in args.strategies.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            run = Path(tmp) / "run"
-            model, wall = _train(data, method, args, run, hierarchy=strategy, min_confidence=0.5,
-                                 taxonomy=taxonomy, **split_kw)
-            h = _val_eval(model, run)["hierarchy"]
-        at = h["fallback_at"]
-        rows.append({"data": label, "strategy": strategy, "level1_acc": h["level_accuracy"][0],
-                     "leaf_acc": h["leaf_accuracy"], "hier_f1": h["hierarchical_f1"],
-                     "severity": h["mistake_severity"], "p0.5_precision": at["precision"],
-                     "p0.5_coverage": at["coverage"], "p0.5_answered": at["answered"], "wall_s": wall})
+            run = Path(args.keep) / strategy if args.keep else Path(tmp) / "run"
+            if (run / "model").exists():  # kept by an earlier run with the same --keep: evaluate it again
+                model, wall = imgclass.load_model(run / "model"), float("nan")
+                _log(f"{run}: kept from an earlier run, not retrained")
+            else:
+                model, wall = _train(data, method, args, run, hierarchy=strategy, min_confidence=0.5,
+                                     taxonomy=taxonomy, **split_kw)
+            rows.append(_hier_row(label, strategy, _val_eval(model, run)["hierarchy"], wall))
+            for mode in args.tta.split(",") if args.tta else []:
+                # the same bundle and validation split, probabilities averaged over test-time views
+                ds = imgclass.load_dataset(data, taxonomy=taxonomy)
+                val = ds.subset(ds.load_split(run / "split.json")["val"])
+                with Timer() as t:
+                    ev = imgclass.evaluate(run / "model", val, tta=mode)
+                rows.append(_hier_row(label, f"{strategy}, --tta {mode}", ev.metrics["hierarchy"], t.s))
     return rows
 
 
@@ -207,6 +221,9 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=None, help="random zoom (1 ± scale)")
     ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights per step")
     ap.add_argument("--tag", default="", help="suffix of the results file")
+    ap.add_argument("--tta", default=None, help="hierarchical: also evaluate with these --tta modes (comma list)")
+    ap.add_argument("--keep", default=None, help="keep the hierarchical runs (bundle, split) in KEEP/<strategy>; a run already "
+                    "there is evaluated again instead of retrained")
     args = ap.parse_args()
     t0 = time.perf_counter()
     res = BENCHES[args.name](args)

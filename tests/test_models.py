@@ -144,7 +144,7 @@ def test_multilabel_pipeline(tmp_path, make_colour_dataset):
     assert (pred == ds.targets).mean() > 0.9
 
 
-@pytest.mark.parametrize("mode,views", [("flip", 2), ("flip+crops", 10)])
+@pytest.mark.parametrize("mode,views", [("flip", 2), ("crops", 6), ("flip+crops", 10)])
 def test_tta_averages_over_views(split_colours, mode, views, monkeypatch):
     import imgclass
     from imgclass.models.tta import predict_proba_tta
@@ -170,5 +170,17 @@ def test_tta_averages_over_views(split_colours, mode, views, monkeypatch):
     if mode == "flip":  # exactly the mean of the image and its mirror
         expect = (real([im]) + real([ImageOps.mirror(im)])) / 2
         np.testing.assert_allclose(P[:1], expect, atol=1e-6)
+    if mode == "crops":  # the whole image and five 87.5% crops, never a mirror
+        w, h = im.size
+        cw, ch = round(w * 0.875), round(h * 0.875)
+        crops = [im.crop((x, y, x + cw, y + ch)) for x, y in
+                 [((w - cw) // 2, (h - ch) // 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)]]
+        np.testing.assert_allclose(P[:1], real([im, *crops]).mean(0, keepdims=True), atol=1e-6)
     with pytest.raises(imgclass.ConfigError, match="--tta"):
         predict_proba_tta(model, srcs, "spin")
+    model.hflip = False  # trained with --no-hflip: views with mirrors are refused, crops are not
+    if "flip" in mode:
+        with pytest.raises(imgclass.ConfigError, match="--no-hflip.*--tta crops"):
+            predict_proba_tta(model, srcs, mode)
+    else:
+        assert predict_proba_tta(model, srcs, mode).shape == (3, len(model.classes_))

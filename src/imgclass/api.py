@@ -343,8 +343,8 @@ def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = Non
 
 def predict_proba(model, images: Sequence[ImageSource] | ImageDataset, max_pixels: int | None = None,
                   tta: str | None = None) -> np.ndarray:
-    """Class probabilities, one row per image (NaN rows for unreadable images); ``tta`` (``flip`` or
-    ``flip+crops``) averages them over views of each image."""
+    """Class probabilities, one row per image (NaN rows for unreadable images); ``tta`` (``flip``,
+    ``crops`` or ``flip+crops``) averages them over views of each image."""
     from .models.tta import predict_proba_tta
 
     m = resolve_model(model, max_pixels)

@@ -219,7 +219,7 @@ def evaluate(
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print all metrics as JSON.")] = False,
     group_by: Annotated[str | None, typer.Option(help="CSV/JSONL column whose values are slices (e.g. site, camera, skin tone); metrics per slice, worst first.")] = None,
-    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or flip+crops (10 views).")] = "none",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip, crops (6 views, no mirrors) or flip+crops (10 views).")] = "none",
 ):
     """Score a trained model on labelled data: accuracy, balanced accuracy, P/R/F1, top-k, confusion matrix."""
     from .. import api
@@ -250,7 +250,7 @@ def predict(
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list: per image, the decided label(s), the top-k and (hierarchical) the path.")] = False,
-    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or flip+crops (10 views).")] = "none",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip, crops (6 views, no mirrors) or flip+crops (10 views).")] = "none",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write predictions to this CSV (path, label, probability, top_k, error) in chunks; rerunning skips the images already in it.")] = None,
     runtime: Annotated[str, typer.Option(help="auto (ONNX Runtime when the bundle has an up-to-date model.onnx from imgclass export), torch or onnx.")] = "auto",
     nproc: Annotated[int | None, typer.Option(help="With --out: predict on N processes with torchrun, each rank a block of the images, merged in input order.")] = None,

@@ -469,7 +469,7 @@ def evaluate_probabilities(task: str, classes: list[str], targets: np.ndarray, P
 
 def evaluate(model, data: ImageDataset, title: str | None = None, tta: str | None = None) -> Evaluation:
     """Score ``model`` on the labelled dataset ``data``; unreadable images are skipped and listed.
-    ``tta``: ``flip`` or ``flip+crops`` averages the probabilities over views of each image."""
+    ``tta``: ``flip``, ``crops`` or ``flip+crops`` averages the probabilities over views of each image."""
     if not data.is_labelled:
         raise DataError(f"{data.name}: has no labels; evaluation needs a labelled folder, CSV or JSONL")
     missing = [c for c in data.classes if c not in model.classes_]

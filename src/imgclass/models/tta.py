@@ -1,7 +1,9 @@
 """Test-time augmentation for any model: average the probabilities over views of each image.
 
-``flip``: the image and its mirror. ``flip+crops``: those plus the centre and four corner crops of
-87.5% of the side (each resized back by the model's own pre-processing) and their mirrors, 10 views.
+``flip``: the image and its mirror. ``flip+crops``: the centre and four corner crops of 87.5% of the
+side (each resized back by the model's own pre-processing) and their mirrors, 10 views. ``crops``:
+the whole image and those five crops, no mirrors (6 views), for models trained with ``--no-hflip``
+(handwriting, text, road signs), where a mirrored image is another class.
 Works for every model kind because views are handed to ``predict_proba`` as PIL images.
 (Deep models trained with ``tta`` already average the mirror inside ``predict_proba``.)
 """
@@ -15,7 +17,7 @@ import numpy as np
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..errors import ConfigError, ImageLoadError
 
-TTA_MODES = ("none", "flip", "flip+crops")
+TTA_MODES = ("none", "flip", "crops", "flip+crops")
 CROP = 0.875
 CHUNK = 256
 
@@ -23,16 +25,15 @@ CHUNK = 256
 def _views(im, mode: str) -> list:
     from PIL import ImageOps
 
-    views = [im, ImageOps.mirror(im)]
-    if mode == "flip+crops":
-        w, h = im.size
-        cw, ch = max(1, int(round(w * CROP))), max(1, int(round(h * CROP)))
-        boxes = [((w - cw) // 2, (h - ch) // 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)]
-        for x, y in boxes:
-            c = im.crop((x, y, x + cw, y + ch))
-            views += [c, ImageOps.mirror(c)]
-        views = views[2:]  # the centre crop replaces the full image: 5 crops x 2 = 10 views
-    return views
+    if mode == "flip":
+        return [im, ImageOps.mirror(im)]
+    w, h = im.size
+    cw, ch = max(1, int(round(w * CROP))), max(1, int(round(h * CROP)))
+    boxes = [((w - cw) // 2, (h - ch) // 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)]
+    crops = [im.crop((x, y, x + cw, y + ch)) for x, y in boxes]
+    if mode == "crops":
+        return [im, *crops]
+    return [v for c in crops for v in (c, ImageOps.mirror(c))]  # flip+crops: 5 crops x 2 = 10 views
 
 
 def predict_proba_tta(model, sources: Sequence[ImageSource], mode: str | None) -> np.ndarray:
@@ -42,9 +43,9 @@ def predict_proba_tta(model, sources: Sequence[ImageSource], mode: str | None) -
         return model.predict_proba(list(sources))
     if mode not in TTA_MODES:
         raise ConfigError(f"--tta {mode!r}: choose one of {', '.join(TTA_MODES)}")
-    if not getattr(model, "hflip", True):
+    if "flip" in mode and not getattr(model, "hflip", True):
         raise ConfigError(f"--tta {mode}: this model was trained with --no-hflip (a mirrored image is another "
-                          "class); use --tta none")
+                          "class); use --tta crops or none")
     max_pixels = getattr(model, "max_pixels", DEFAULT_MAX_PIXELS)
     out = np.full((len(sources), len(model.classes_)), np.nan)
     errors: list[tuple[str, str]] = []
