@@ -137,3 +137,22 @@ def test_pseudo_label_threshold_is_read_on_the_label_smoothed_scale():
     # a smoothed network's confident predictions pass; an unscaled 0.95 would reject them all
     target = 1 - 0.1 + 0.1 / 10
     assert target >= pseudo_label_threshold(0.95, 0.1, 10) and target < 0.95
+
+
+def test_fixmatch_strong_view_draws_randaugment_and_cutout_per_image():
+    import torch
+
+    from imgclass.training.engine import StrongView
+
+    torch.manual_seed(0)
+    view = StrongView(torch.Generator().manual_seed(0), hflip=False)
+    x = torch.randint(60, 200, (1, 3, 32, 32), dtype=torch.uint8).repeat(8, 1, 1, 1)  # one image, 8 times
+    out = view(x)
+    assert out.shape == (8, 3, 32, 32) and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 255
+    # every copy gets its own draw: no two strong views of the same image are alike
+    flat = out.reshape(8, -1)
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(8) for j in range(i + 1, 8))
+    # Cutout: each view holds a grey square (127 in every channel) of at least 2% of the image
+    grey = (out == 127.0).all(dim=1)
+    assert all(int(g.sum()) >= 0.02 * 32 * 32 for g in grey)

@@ -80,6 +80,12 @@ class TrainConfig(ConfigDict):
     unlabeled_ratio: int = 1
     pseudo_threshold: float = 0.95
     unlabeled_weight: float = 1.0
+    # distribution alignment of the weak-view predictions (ReMixMatch): each is multiplied by the class
+    # frequencies of the labelled images over the running mean of the predictions on the pool (the mean
+    # of the last ``distribution_alignment`` batches), then renormalised; 0 = off. It keeps pseudo-labels
+    # from drifting onto a few classes: without it, lite0 FixMatch on CIFAR-10 with 250 labels peaked at
+    # 0.556 after 33 epochs and fell to 0.40 by epoch 100 as the pseudo-labels piled onto a few classes.
+    distribution_alignment: int = 32
     threads: int | None = None
     # auto: decode the training images into memory when they fit (MAX_IN_MEMORY_BYTES), else stream them;
     # on: always stream (tar shards are then read front to back through a shuffle buffer); off: memory
@@ -193,6 +199,34 @@ class BatchAugment:
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out = ((out - mean) * contrast + mean) * bright
         return out.clamp_(0, 255)
+
+
+class StrongView:
+    """FixMatch's strong view of a uint8 batch ``(b, 3, h, w)``: RandAugment (two random operations
+    at a random magnitude, as in Sohn et al. 2020), then the ``strong`` batch preset (flip, shift,
+    colour jitter), then Cutout (one grey square of up to half the side).
+
+    RandAugment and Cutout are torchvision's (``v2.RandAugment``, ``v2.RandomErasing``) called once
+    per image: a v2 transform draws one set of parameters per call, and one draw for a whole batch
+    would make every strong view in it alike. They use torch's global generator (seeded by the
+    trainer). At 64 px this costs ~1 ms per image against ~10 ms for its forward and backward pass.
+    """
+
+    def __init__(self, generator, hflip: bool = True, magnitudes: int = 31):
+        from torchvision.transforms import v2
+
+        self.base = BatchAugment("strong", generator, hflip)
+        self.g, self.bins = generator, int(magnitudes)
+        self.ra = [v2.RandAugment(num_ops=2, magnitude=m, num_magnitude_bins=self.bins) for m in range(self.bins)]
+        self.cutout = v2.RandomErasing(p=1.0, scale=(0.02, 0.25), ratio=(1.0, 1.0), value=127.0)
+
+    def __call__(self, x):
+        import torch
+
+        mags = torch.randint(0, self.bins, (x.shape[0],), generator=self.g).tolist()
+        x = torch.stack([self.ra[m](im) for m, im in zip(mags, x)])
+        x = self.base(x)
+        return torch.stack([self.cutout(im) for im in x])
 
 
 # --------------------------------------------------------------------------- model helpers
@@ -333,9 +367,10 @@ class Trainer:
         self.g = torch.Generator().manual_seed(cfg.seed)
         self.augment = BatchAugment(cfg.augment, self.g, cfg.hflip, cfg.degrees, cfg.scale)
         self.unlabeled = unlabeled if unlabeled is not None and len(unlabeled.x) else None
-        if self.unlabeled is not None:  # FixMatch views: flip + shift (weak); shift + strong colour jitter (strong)
+        if self.unlabeled is not None:  # FixMatch views: flip + shift (weak); RandAugment + Cutout (strong)
             self.weak = BatchAugment("standard" if cfg.augment != "none" else "light", self.g, cfg.hflip)
-            self.strong = BatchAugment("strong", self.g, cfg.hflip)
+            self.strong = StrongView(self.g, cfg.hflip)
+            self._pool_probs: list = []  # the last weak-view mean predictions (distribution alignment)
         self._pseudo = [0, 0, 0]  # this epoch: pseudo-labels used, of those scored, of those correct
         if n_classes is None and node_loss is not None:
             n_classes = node_loss.A.shape[1]
@@ -478,6 +513,19 @@ class Trainer:
             x = lam * x + (1 - lam) * x[perm]
         return x, lam * soft + (1 - lam) * soft[perm]
 
+    def _align(self, prob):
+        """Distribution alignment (Berthelot et al., "ReMixMatch", ICLR 2020): scale the predictions by
+        the labelled class frequencies over the running mean prediction on the pool, renormalise."""
+        torch = self.torch
+        if not hasattr(self, "_prior"):
+            y = self.train.y
+            counts = torch.bincount(y[y >= 0], minlength=prob.shape[1]).float() + 1.0
+            self._prior = counts / counts.sum()
+        self._pool_probs = (self._pool_probs + [prob.mean(0)])[-int(self.cfg.distribution_alignment):]
+        running = torch.stack(self._pool_probs).mean(0).clamp_min(1e-6)
+        out = prob * (self._prior / running)
+        return out / out.sum(dim=1, keepdim=True)
+
     def _fixmatch_loss(self, n: int):
         """FixMatch: predictions on a weak view of ``n`` unlabelled images that reach
         ``pseudo_threshold`` become targets for the strong view of the same images."""
@@ -487,6 +535,8 @@ class Trainer:
         xu = u.x[idx]
         with torch.no_grad():
             prob = torch.softmax(self.model(self._normalize(self.weak(xu).to(self.device))), dim=1).cpu()
+            if self.cfg.distribution_alignment > 0:
+                prob = self._align(prob)
         conf, pseudo = prob.max(dim=1)
         mask = conf >= self.pseudo_threshold
         truth = u.y[idx]
