@@ -15,7 +15,9 @@
     0.679 for the labels alone; ``self-training`` 0.653, ``label-spreading`` 0.616 there.
 - Deep models: ``fixmatch``, in the training engine (``TrainConfig.unlabeled_*``): pseudo-labels
   from weakly augmented unlabelled images above a confidence threshold train the predictions on
-  strongly augmented versions of the same images (Sohn et al., 2020).
+  strongly augmented versions of the same images (Sohn et al., 2020): RandAugment + Cutout
+  (``training.engine.StrongView``), with the weak-view predictions distribution-aligned to the
+  labelled class frequencies (``TrainConfig.distribution_alignment``).
 
 When the unlabelled images carry labels (e.g. class folders), those labels are used only to score
 the pseudo-labels (``report["rounds"][i]["accuracy"]``); they never reach the classifier.
