@@ -156,3 +156,31 @@ def test_fixmatch_strong_view_draws_randaugment_and_cutout_per_image():
     # Cutout: each view holds a grey square (127 in every channel) of at least 2% of the image
     grey = (out == 127.0).all(dim=1)
     assert all(int(g.sum()) >= 0.02 * 32 * 32 for g in grey)
+
+
+def test_distribution_alignment_pulls_skewed_pool_predictions_back_to_the_labelled_prior():
+    """A network that has drifted onto class 0 on the pool: aligned, the pseudo-labels follow the
+    balanced labelled classes again (rows stay distributions, the argmax of clear rows is kept)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from imgclass.training.engine import Trainer, TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 4, generator=g)
+    logits[:, 0] += 2.0  # class 0 wins far too often
+    prob = torch.softmax(logits, dim=1)
+    fake = SimpleNamespace(torch=torch, cfg=TrainConfig(distribution_alignment=8),
+                           _prior=torch.full((4,), 0.25), _pool_probs=[])
+    before = torch.bincount(prob.argmax(1), minlength=4)
+    aligned = Trainer._align(fake, prob)
+    after = torch.bincount(aligned.argmax(1), minlength=4)
+    assert torch.allclose(aligned.sum(1), torch.ones(400))
+    assert before[0] > 250 and after[0] < 150 and int(after.min()) > 60
+    clear = prob.max(1).values > 0.95
+    assert (aligned.argmax(1)[clear] == prob.argmax(1)[clear]).float().mean() > 0.8
+    # the running mean keeps only the last ``distribution_alignment`` batches
+    for _ in range(20):
+        Trainer._align(fake, prob)
+    assert len(fake._pool_probs) == 8
