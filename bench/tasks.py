@@ -136,10 +136,10 @@ def _hier_rows(data, method, args, split_kw, label, taxonomy=None):
                 model, wall = _train(data, method, args, run, hierarchy=strategy, min_confidence=0.5,
                                      taxonomy=taxonomy, **split_kw)
             rows.append(_hier_row(label, strategy, _val_eval(model, run)["hierarchy"], wall))
-            for mode in args.tta.split(",") if args.tta else []:
-                # the same bundle and validation split, probabilities averaged over test-time views
+            if args.tta:  # the same bundle and validation split, probabilities averaged over test-time views
                 ds = imgclass.load_dataset(data, taxonomy=taxonomy)
                 val = ds.subset(ds.load_split(run / "split.json")["val"])
+            for mode in args.tta.split(",") if args.tta else []:
                 with Timer() as t:
                     ev = imgclass.evaluate(run / "model", val, tta=mode)
                 rows.append(_hier_row(label, f"{strategy}, --tta {mode}", ev.metrics["hierarchy"], t.s))

@@ -165,7 +165,7 @@ def test_distribution_alignment_pulls_skewed_pool_predictions_back_to_the_labell
 
     import torch
 
-    from imgclass.training.engine import Trainer, TrainConfig
+    from imgclass.training.engine import TrainConfig, Trainer
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(400, 4, generator=g)
