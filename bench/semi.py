@@ -7,7 +7,7 @@ The baseline in the same run is the same method trained on the 250 labels alone.
     .venv/bin/python bench/semi.py [CIFAR_DIR] [--method lite0+logreg] [--per-class 25]
         [--semi self-training,label-spreading,balanced-self-training]
     .venv/bin/python bench/semi.py --method lite0 --semi fixmatch --img-size 64 \
-        --train-config '{"epochs": 40, "unlabeled_ratio": 4}'
+        --train-config '{"epochs": 100, "unlabeled_ratio": 4}'
 
 Each row goes through ``imgclass.train(..., unlabeled=..., semi=...)`` exactly as
 ``imgclass train LABELLED.csv --unlabeled POOL.csv --semi S`` does. Results: ``bench/results/semi.json``.

@@ -378,13 +378,15 @@ class Trainer:
             n_classes = train.y.shape[1] if train.y.ndim == 2 else int(train.y.max()) + 1
         self.n_classes = n_classes
         self.node_loss = node_loss
-        if self.unlabeled is not None and train.y.ndim == 1:  # distribution alignment: target and running mean
-            counts = torch.bincount(train.y[train.y >= 0], minlength=n_classes).float() + 1.0
-            self._prior, self._pool_probs = counts / counts.sum(), []
+        # images per class of the labelled set: class weights (--balance weights), alignment target (FixMatch)
+        counts = (torch.bincount(train.y[train.y >= 0], minlength=n_classes).float()
+                  if train.y.ndim == 1 else None)
+        if self.unlabeled is not None and counts is not None:  # distribution alignment: target and running mean
+            self._prior, self._pool_probs = (counts + 1.0) / (counts + 1.0).sum(), []
         weight = None
-        if cfg.balance == "weights" and train.y.ndim == 1:
-            counts = torch.bincount(train.y, minlength=n_classes).float().clamp_min(1)
-            weight = counts.sum() / (len(counts) * counts)
+        if cfg.balance == "weights" and counts is not None:
+            c = counts.clamp_min(1)
+            weight = c.sum() / (len(c) * c)
         if task == "multilabel":
             self.criterion = torch.nn.BCEWithLogitsLoss()
         elif node_loss is not None:
