@@ -152,6 +152,38 @@ def test_resume_continues_after_the_last_finished_epoch_exactly(tmp_path):
     assert again.resumed_from == 3 and again.epochs == 3 and _epochs(run) == [1, 2, 3]
 
 
+def test_unfreeze_trains_only_the_last_blocks_on_a_bank_of_cached_views(simclr, tmp_path):
+    """--unfreeze 1 continues a pretrained backbone: the trunk's weights stay exactly as they were, the last
+    block and the head train on pairs of views cached once through the trunk, and the run is seeded."""
+    start = _weights(simclr["run"])
+    lines: list[str] = []
+    opts = {"method": "simclr", "backbone": str(simclr["run"]), "unfreeze": 1, "view_bank": 3, **FAST}
+    res = pretrain(simclr["data"], out=tmp_path / "run", log=lines.append, **opts)
+    assert len(res.losses) == 2 and all(np.isfinite(res.losses))
+    assert any(m.startswith("view bank: 3 views of 24 images") for m in lines)
+    trained = _weights(tmp_path / "run")
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in start if k.startswith("blocks."))
+    last = f"blocks.{n_blocks - 1}."
+    frozen = [k for k in start if not k.startswith(last)]
+    assert frozen and all(torch.equal(start[k], trained[k]) for k in frozen)  # stem and earlier blocks untouched
+    assert any(not torch.allclose(start[k], trained[k]) for k in start if k.startswith(last) and k.endswith("weight"))
+    again = pretrain(simclr["data"], out=tmp_path / "again", **opts)
+    assert again.losses == pytest.approx(res.losses, rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["random", "byol", "too_many", "bank"])
+def test_unfreeze_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case):
+    run = str(simclr["run"])
+    opts, expected = {
+        "random": ({"backbone": "smallcnn", "unfreeze": 1}, "needs trained weights: use --backbone smallcnn@imagenet"),
+        "byol": ({"method": "byol", "backbone": run, "unfreeze": 1}, "only simclr"),
+        "too_many": ({"backbone": run, "unfreeze": 50}, "cannot train only the last 50 blocks"),
+        "bank": ({"backbone": run, "unfreeze": 1, "view_bank": 1}, "--view-bank 1"),
+    }[case]
+    with pytest.raises(ConfigError, match=expected):
+        pretrain(simclr["data"], out=tmp_path / "run", **{**FAST, **opts})
+
+
 # --------------------------------------------------------------------------- the run directory as a backbone
 def test_run_dir_is_a_backbone_for_a_linear_probe(simclr, tmp_path):
     run = simclr["run"]

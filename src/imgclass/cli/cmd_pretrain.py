@@ -27,6 +27,8 @@ def pretrain(
     temperature: Annotated[float | None, typer.Option(help="SimCLR: softmax temperature (default 0.2).", rich_help_panel=_PANEL)] = None,
     view_size: Annotated[int | None, typer.Option(help="Side of the augmented views (default: 3/4 of --img-size); smaller is faster.", rich_help_panel=_PANEL)] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Horizontal flips in the views (default on).", rich_help_panel=_PANEL)] = None,
+    unfreeze: Annotated[int | None, typer.Option(help="SimCLR with NAME@imagenet or a pretrained run: train only the last N blocks; the frozen rest runs once over a bank of views (fast on a CPU).", rich_help_panel=_PANEL)] = None,
+    view_bank: Annotated[int | None, typer.Option(help="With --unfreeze: augmented views cached per image (default 6).", rich_help_panel=_PANEL)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
     max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
@@ -37,7 +39,8 @@ def pretrain(
 
     res = _pretrain(data, method=method, backbone=backbone, epochs=epochs, batch_size=batch_size, img_size=img_size,
                     out=out, resume=resume, seed=seed, n_jobs=jobs, max_pixels=max_pixels, log=_err, lr=lr,
-                    temperature=temperature, view_size=view_size, hflip=hflip)
+                    temperature=temperature, view_size=view_size, hflip=hflip, unfreeze=unfreeze,
+                    view_bank=view_bank)
     _warn_skipped(res.skipped)
     if json_out:
         _print_json({"run_dir": str(res.run_dir), "backbone": res.backbone, "method": res.method, "arch": res.arch,
