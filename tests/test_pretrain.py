@@ -255,7 +255,8 @@ def test_cli_pretrains_resumes_a_finished_run_without_training_and_prints_json(t
     assert f"backbone: {run} (smallcnn, 16 px)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["empty", "method", "resume", "spec", "backbone", "not_pretrain"])
+@pytest.mark.parametrize("case", ["empty", "method", "resume", "spec", "backbone", "not_pretrain", "unfreeze",
+                                  "view_bank"])
 def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     data = write_colour_dataset(tmp_path / "data", n_per_class=2, size=16)
@@ -269,6 +270,8 @@ def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch,
         "spec": (["train", str(data), "--method", f"{tmp_path / 'missing'}+logreg"], "no such folder"),
         "backbone": (["pretrain", str(data), "--backbone", str(tmp_path / "empty")], "not a pretrained backbone"),
         "not_pretrain": (["pretrain", "--resume", str(tmp_path / "train_run")], "not an 'imgclass pretrain' run"),
+        "unfreeze": (["pretrain", str(data), "--unfreeze", "1"], "needs trained weights"),
+        "view_bank": (["pretrain", str(data), "--unfreeze", "1", "--view-bank", "1"], "--view-bank 1: give at least 2"),
     }[case]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

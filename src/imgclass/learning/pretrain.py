@@ -16,6 +16,13 @@ everywhere one is accepted: ``--method runs/simclr+logreg`` (linear probe on fro
 
 The features are taken before the heads (globally pooled backbone output).
 
+**Domain adaptation** (``unfreeze=N``, SimCLR only): starting from ``NAME@imagenet`` or an earlier run,
+only the last ``N`` blocks and the projection head train. The frozen trunk runs once over a bank of
+``view_bank`` augmented views per image (``_view_bank``), and each step pairs two different cached views
+of each image. This is how ImageNet features are adapted to another domain without labels on a CPU,
+e.g. to cluster small photos whose ImageNet embeddings group by texture and background more than by
+object (``bench/cluster.py --adapt``).
+
 Why not Lightly: ``pip install lightly`` (1.6.0, checked with ``pip install --dry-run -c constraints.txt``)
 keeps the torch pin but pulls pytorch-lightning, torchmetrics, hydra-core, omegaconf and aiohttp for
 what is here about 60 lines (two losses, a projection head, batch augmentations); so they are written
