@@ -90,7 +90,7 @@ def bench_cifar(root: Path, seed: int) -> tuple[list[dict], dict]:
 def bench_adapted(root: Path, train: Path, epochs: int, keep: Path | None, seed: int) -> tuple[list[dict], dict]:
     """lite0 adapted to the domain without labels: SimCLR on cifar10-12k train (10,000 images, labels
     ignored) training only the last 2 blocks on a bank of 5 cached views (``imgclass pretrain TRAIN
-    --method simclr --backbone lite0@imagenet --unfreeze 2 --view-bank 5 --img-size 128``), then the
+    --method simclr --backbone lite0@imagenet --unfreeze 2 --view-bank 5 --img-size 128 --lr 1e-3``, crop scale 0.3), then the
     same clustering of val on the adapted embeddings."""
     from imgclass.learning.pretrain import pretrain
 
@@ -101,7 +101,7 @@ def bench_adapted(root: Path, train: Path, epochs: int, keep: Path | None, seed:
         else:
             _log(f"adapted lite0: SimCLR on {train} for {epochs} epochs -> {run}")
             pretrain(train, method="simclr", backbone="lite0@imagenet", img_size=128, unfreeze=2, view_bank=5,
-                     epochs=epochs, lr=1e-3, seed=seed, out=run, log=_log)
+                     epochs=epochs, lr=1e-3, crop_scale=0.3, seed=seed, out=run, log=_log)
     ds = imgclass.load_dataset(root)
     rows, metrics = [], {}
     for algo, dims, params in (("kmeans", 50, None), ("gmm", 20, {"covariance_type": "tied"})):
