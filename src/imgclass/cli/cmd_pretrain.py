@@ -25,7 +25,7 @@ def pretrain(
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its directory, after its last finished epoch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-3 for AdamW, 1e-3 for BYOL).", rich_help_panel=_PANEL)] = None,
     temperature: Annotated[float | None, typer.Option(help="SimCLR: softmax temperature (default 0.2).", rich_help_panel=_PANEL)] = None,
-    view_size: Annotated[int | None, typer.Option(help="Side of the augmented views (default: 3/4 of --img-size); smaller is faster.", rich_help_panel=_PANEL)] = None,
+    view_size: Annotated[int | None, typer.Option(help="Side of the augmented views (default: 3/4 of --img-size; with --unfreeze, --img-size); smaller is faster.", rich_help_panel=_PANEL)] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Horizontal flips in the views (default on).", rich_help_panel=_PANEL)] = None,
     unfreeze: Annotated[int | None, typer.Option(help="SimCLR with NAME@imagenet or a pretrained run: train only the last N blocks; the frozen rest runs once over a bank of views (fast on a CPU).", rich_help_panel=_PANEL)] = None,
     view_bank: Annotated[int | None, typer.Option(help="With --unfreeze: augmented views cached per image (default 6).", rich_help_panel=_PANEL)] = None,

@@ -82,7 +82,7 @@ class PretrainConfig(ConfigDict):
     epochs: int = 20
     batch_size: int = 256
     img_size: int | None = None  # decoded size, stored as the input size in backbone.json (default: the backbone's)
-    view_size: int | None = None  # side of the augmented views (default: 3/4 of img_size, a multiple of 4)
+    view_size: int | None = None  # side of the augmented views (default: 3/4 of img_size, a multiple of 4; with unfreeze: img_size)
     lr: float | None = None  # None: per optimiser (AdamW 2e-3)
     optimizer: str = "adamw"
     weight_decay: float | None = None  # None: the engine's default (0.05 decoupled for AdamW)
