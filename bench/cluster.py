@@ -1,7 +1,7 @@
 """Clustering (issue 6): imgclass.learning.cluster against plain scikit-learn baselines in the same run.
 
     .venv/bin/python bench/cluster.py [CIFAR_VAL] [--skip-cifar] [--skip-digits] [--seed N]
-                                      [--adapt EPOCHS [--adapt-dir DIR]]
+                                      [--adapt EPOCHS [--adapt-dir DIR] [--scan EPOCHS [--scan-dir DIR]]]
 
 * cifar10-12k val (2,000 images, 10 classes), lite0 embeddings (cached on disk), defaults
   (L2 -> PCA 50 -> k-means, k=10). Target: ACC >= 0.70 and NMI >= 0.60. Baseline: k-means on the raw
@@ -87,6 +87,19 @@ def bench_cifar(root: Path, seed: int) -> tuple[list[dict], dict]:
     return rows, {"metrics": main, **extra}
 
 
+def _cluster_with(root: Path, run: Path, label: str, seed: int, pretrain_s: float) -> tuple[list[dict], dict]:
+    """Val clustered on the embeddings of the backbone in ``run``: k-means (PCA 50) and tied GMM (PCA 20)."""
+    ds = imgclass.load_dataset(root)
+    rows, metrics = [], {}
+    for algo, dims, params in (("kmeans", 50, None), ("gmm", 20, {"covariance_type": "tied"})):
+        with Timer() as t:
+            r = cluster(ds, features=str(run), algo=algo, k=10, dims=dims, params=params, seed=seed)
+        metrics[algo] = dict(r.metrics)
+        rows.append(_row("cifar10-12k val", f"imgclass lite0 {label} -> L2 -> PCA {dims} -> {algo}"
+                         f"{', tied covariance' if params else ''}", r.metrics, t.s, pretrain_s=pretrain_s))
+    return rows, {"run": str(run), "pretrain_s": pretrain_s, "metrics": metrics["kmeans"], "gmm_tied": metrics["gmm"]}
+
+
 def bench_adapted(root: Path, train: Path, epochs: int, keep: Path | None, seed: int) -> tuple[list[dict], dict]:
     """lite0 adapted to the domain without labels: SimCLR on cifar10-12k train (10,000 images, labels
     ignored) training only the last 2 blocks on a bank of 5 cached views (``imgclass pretrain TRAIN
@@ -102,17 +115,29 @@ def bench_adapted(root: Path, train: Path, epochs: int, keep: Path | None, seed:
             _log(f"adapted lite0: SimCLR on {train} for {epochs} epochs -> {run}")
             pretrain(train, method="simclr", backbone="lite0@imagenet", img_size=128, unfreeze=2, view_bank=5,
                      epochs=epochs, lr=1e-3, crop_scale=0.3, seed=seed, out=run, log=_log)
-    ds = imgclass.load_dataset(root)
-    rows, metrics = [], {}
-    for algo, dims, params in (("kmeans", 50, None), ("gmm", 20, {"covariance_type": "tied"})):
-        with Timer() as t:
-            r = cluster(ds, features=str(run), algo=algo, k=10, dims=dims, params=params, seed=seed)
-        metrics[algo] = dict(r.metrics)
-        rows.append(_row("cifar10-12k val", f"imgclass lite0 adapted by SimCLR on train (no labels) -> L2 -> PCA {dims} "
-                         f"-> {algo}{', tied covariance' if params else ''}", r.metrics, t.s,
-                         pretrain_s=tp.s))
-    return rows, {"run": str(run), "epochs": epochs, "pretrain_s": tp.s, "metrics": metrics["kmeans"],
-                  "gmm_tied": metrics["gmm"]}
+    rows, res = _cluster_with(root, run, "adapted by SimCLR on train (no labels)", seed, tp.s)
+    return rows, {**res, "epochs": epochs}
+
+
+def bench_scan(root: Path, train: Path, adapted: Path, epochs: int, keep: Path | None,
+               seed: int) -> tuple[list[dict], dict]:
+    """SCAN on top of the adapted lite0: neighbours mined in its features on cifar10-12k train (labels
+    ignored), then the last 2 blocks and 5 cluster heads trained to agree with them on a bank of 5
+    cached views plus the images as they are and mirrored (``imgclass pretrain TRAIN --method scan
+    --backbone ADAPTED --clusters 10 --unfreeze 2 --view-bank 5 --img-size 128``, crop scale 0.3); then
+    the same clustering of val on its embeddings."""
+    from imgclass.learning.pretrain import pretrain
+
+    run = keep or Path(tempfile.mkdtemp()) / "lite0-scan"
+    with Timer() as tp:
+        if (run / "backbone.json").exists():
+            _log(f"SCAN lite0: reusing {run}")
+        else:
+            _log(f"SCAN lite0: from {adapted} on {train} for {epochs} epochs -> {run}")
+            pretrain(train, method="scan", backbone=str(adapted), img_size=128, unfreeze=2, view_bank=5, clusters=10,
+                     epochs=epochs, crop_scale=0.3, seed=seed, out=run, log=_log)
+    rows, res = _cluster_with(root, run, "adapted by SimCLR, then SCAN on train (no labels)", seed, tp.s)
+    return rows, {**res, "epochs": epochs}
 
 
 def bench_digits(seed: int) -> tuple[list[dict], dict]:
@@ -155,6 +180,9 @@ def main() -> None:
     ap.add_argument("--adapt", type=int, default=0, metavar="EPOCHS",
                     help="also adapt lite0 to cifar train by SimCLR (last 2 blocks, no labels) for EPOCHS epochs")
     ap.add_argument("--adapt-dir", type=Path, help="keep the adapted backbone here (reused when it exists)")
+    ap.add_argument("--scan", type=int, default=0, metavar="EPOCHS",
+                    help="then train SCAN on the adapted backbone (last 2 blocks, no labels) for EPOCHS epochs")
+    ap.add_argument("--scan-dir", type=Path, help="keep the SCAN backbone here (reused when it exists)")
     args = ap.parse_args()
 
     rows, result = [], {"command": "python bench/cluster.py " + " ".join(sys.argv[1:]), "seed": args.seed}
@@ -180,6 +208,13 @@ def main() -> None:
         m = a["metrics"]
         checks.append(("cifar10-12k val adapted lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
         checks.append(("cifar10-12k val adapted lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
+        if args.scan or args.scan_dir:
+            r, sc = bench_scan(root, root.parent / "train", Path(a["run"]), args.scan or 8, args.scan_dir, args.seed)
+            rows += r
+            result["cifar_scan"] = sc
+            m = sc["metrics"]
+            checks.append(("cifar10-12k val SCAN lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
+            checks.append(("cifar10-12k val SCAN lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
     print(table(rows, ["method", "dataset", "ACC", "NMI", "ARI", "seconds"], "clustering: imgclass vs baselines"))
     print()
     for what, value, ok in checks:

@@ -17,7 +17,8 @@ import imgclass
 from imgclass.cli import main
 from imgclass.errors import ConfigError
 from imgclass.features.backbones import backbone_config
-from imgclass.learning.pretrain import ViewAugment, init_backbone, nt_xent, pretrain, save_backbone
+from imgclass.learning.pretrain import (ViewAugment, init_backbone, mine_neighbors, nt_xent, pretrain, save_backbone,
+                                       scan_loss)
 from imgclass.models import parse_spec
 
 FAST = {"epochs": 2, "batch_size": 12, "img_size": 16}
@@ -87,6 +88,30 @@ def test_nt_xent_matches_the_definition_and_rewards_matching_pairs():
     assert float(nt_xent(z1, z2, 0.5)) == pytest.approx(float(torch.stack(losses).mean()), rel=1e-5)
     aligned = torch.eye(5, 8)
     assert float(nt_xent(aligned, aligned, 0.5)) < float(nt_xent(z1, z2, 0.5))
+
+
+def test_scan_loss_rewards_confident_agreement_and_punishes_an_empty_cluster():
+    g = torch.Generator().manual_seed(0)
+    a, n = torch.randn(2, 6, 3, generator=g), torch.randn(2, 6, 3, generator=g)
+    pa, pn = a.softmax(-1), n.softmax(-1)
+    mean = pa.mean(1)
+    expected = -torch.log((pa * pn).sum(-1)).mean(-1) + 2.0 * (mean * mean.log()).sum(-1)
+    assert torch.allclose(scan_loss(a, n, 2.0), expected, atol=1e-6)  # one loss per head
+    sure = torch.eye(3).repeat(2, 1)[None] * 20  # 6 images, confident, all 3 clusters used
+    assert scan_loss(sure, sure)[0] < scan_loss(sure, sure.roll(1, dims=-1))[0]  # neighbour in the same cluster
+    collapsed = torch.zeros(1, 6, 3)
+    collapsed[..., 0] = 20  # everyone in cluster 0: agreeing, but the entropy term forbids it
+    assert scan_loss(collapsed, collapsed)[0] > scan_loss(sure, sure)[0]
+
+
+def test_mine_neighbors_matches_brute_force_cosine_and_never_picks_the_image_itself():
+    from sklearn.neighbors import NearestNeighbors
+
+    f = torch.randn(50, 8, generator=torch.Generator().manual_seed(1))
+    nb = mine_neighbors(f, 4, chunk=7)  # chunks that do not divide n
+    ref = NearestNeighbors(n_neighbors=5, metric="cosine").fit(f.numpy()).kneighbors(f.numpy())[1][:, 1:]
+    assert nb.shape == (50, 4) and (nb != torch.arange(50)[:, None]).all()
+    assert np.array_equal(np.sort(nb.numpy(), 1), np.sort(ref, 1))
 
 
 # --------------------------------------------------------------------------- runs
@@ -184,6 +209,64 @@ def test_unfreeze_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case
         pretrain(simclr["data"], out=tmp_path / "run", **{**FAST, **opts})
 
 
+@pytest.mark.parametrize("unfreeze", [None, 1])
+def test_scan_trains_cluster_heads_to_agree_with_mined_neighbours_and_resumes_with_them(simclr, tmp_path, monkeypatch,
+                                                                                        unfreeze):
+    """SCAN from the SimCLR run: neighbours mined once in its features (kept in the run, labels only
+    reported), the backbone (or with --unfreeze its last block, on the view bank) and the cluster heads
+    train, and a resumed run reuses the kept neighbours instead of mining them again with its new weights."""
+    import imgclass.learning.pretrain as pt
+
+    opts = {"method": "scan", "backbone": str(simclr["run"]), "clusters": 3, "neighbors": 4, **FAST, "epochs": 3,
+            **({"unfreeze": 1, "view_bank": 3} if unfreeze else {})}
+    ref = pretrain(simclr["data"], out=tmp_path / "ref", **opts)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_1(rec):
+        if rec["epoch"] == 1:
+            raise Killed
+
+    lines: list[str] = []
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        pretrain(simclr["data"], out=run, on_epoch=kill_after_epoch_1, log=lines.append, **opts)
+    nb = np.load(run / "checkpoints" / "neighbors.npy")
+    assert nb.shape == (24, 4) and (nb != np.arange(24)[:, None]).all()
+    agreement = [m for m in lines if m.startswith("neighbours: 4 per image")]
+    assert agreement and "share the image's label 1.000 of the time (labels not used)" in agreement[0]
+    if unfreeze:  # the bank holds 3 augmented views + the images as they are + mirrored
+        assert any(m.startswith("view bank: 5 views of 24 images") for m in lines)
+
+    def no_mining(*a, **k):
+        raise AssertionError("a resumed run mined its neighbours again")
+
+    monkeypatch.setattr(pt, "mine_neighbors", no_mining)
+    res = pretrain(resume=run)
+    assert res.resumed_from == 1 and res.losses == pytest.approx(ref.losses, rel=1e-4)
+    assert all(np.isfinite(res.losses)) and res.losses[-1] < res.losses[0]
+    start, trained = _weights(simclr["run"]), _weights(run)
+    changed = [k for k in start if k.endswith("weight") and not torch.allclose(start[k], trained[k])]
+    assert changed and (all(k.startswith("blocks.") for k in changed) if unfreeze else "stem.0.weight" in changed)
+    st = torch.load(str(run / "checkpoints" / "last.pt"), weights_only=True)
+    heads = [k for k in st["model"] if k.startswith("head.heads.")]
+    assert len(heads) == 2 * 5 and st["model"]["head.heads.0.weight"].shape[0] == 3  # 5 heads x 3 clusters
+
+
+@pytest.mark.parametrize("case", ["random", "no_k", "one_k"])
+def test_scan_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case):
+    run = str(simclr["run"])
+    opts, expected = {
+        "random": ({"backbone": "smallcnn", "clusters": 3}, "needs trained weights: use --backbone smallcnn@imagenet"),
+        "no_k": ({"backbone": run}, "--clusters None: --method scan needs the number of clusters"),
+        "one_k": ({"backbone": run, "clusters": 1}, "--clusters 1"),
+    }[case]
+    with pytest.raises(ConfigError, match=expected):
+        pretrain(simclr["data"], method="scan", out=tmp_path / "run", **{**FAST, **opts})
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- the run directory as a backbone
 def test_run_dir_is_a_backbone_for_a_linear_probe(simclr, tmp_path):
     run = simclr["run"]
@@ -256,7 +339,7 @@ def test_cli_pretrains_resumes_a_finished_run_without_training_and_prints_json(t
 
 
 @pytest.mark.parametrize("case", ["empty", "method", "resume", "spec", "backbone", "not_pretrain", "unfreeze",
-                                  "view_bank"])
+                                  "view_bank", "scan"])
 def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     data = write_colour_dataset(tmp_path / "data", n_per_class=2, size=16)
@@ -272,6 +355,7 @@ def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch,
         "not_pretrain": (["pretrain", "--resume", str(tmp_path / "train_run")], "not an 'imgclass pretrain' run"),
         "unfreeze": (["pretrain", str(data), "--unfreeze", "1"], "needs trained weights"),
         "view_bank": (["pretrain", str(data), "--unfreeze", "1", "--view-bank", "1"], "--view-bank 1: give at least 2"),
+        "scan": (["pretrain", str(data), "--method", "scan", "--clusters", "3"], "finds each image's neighbours"),
     }[case]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

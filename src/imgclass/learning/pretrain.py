@@ -13,13 +13,19 @@ everywhere one is accepted: ``--method runs/simclr+logreg`` (linear probe on fro
   other view made by a target network, an EMA of the online one (no negatives);
 - **rotation** (Gidaris et al. 2018): predict which of 0/90/180/270 degrees an augmented image was
   rotated by (one view per image: the cheapest).
+- **scan** (Van Gansbeke et al. 2020, "SCAN: Learning to Classify Images without Labels"): starting
+  from trained features (``NAME@imagenet`` or an earlier run), each image's ``neighbors`` nearest
+  images are mined once; then the backbone and ``heads`` linear cluster heads (``clusters`` outputs)
+  learn to put an image and a random neighbour, each as a random view, in the same cluster with
+  confidence, while the batch's mean prediction keeps its entropy (``entropy_weight``) so no cluster
+  is left empty. The features come out grouped by cluster: ``imgclass cluster --features runs/scan``.
 
 The features are taken before the heads (globally pooled backbone output).
 
-**Domain adaptation** (``unfreeze=N``, SimCLR only): starting from ``NAME@imagenet`` or an earlier run,
+**Domain adaptation** (``unfreeze=N``, SimCLR and SCAN): starting from ``NAME@imagenet`` or an earlier run,
 only the last ``N`` blocks and the projection head train. The frozen trunk runs once over a bank of
 ``view_bank`` augmented views per image (``_view_bank``), and each step pairs two different cached views
-of each image. This is how ImageNet features are adapted to another domain without labels on a CPU,
+of each image (SCAN: a cached view of an image and one of a neighbour). This is how ImageNet features are adapted to another domain without labels on a CPU,
 e.g. to cluster small photos whose ImageNet embeddings group by texture and background more than by
 object (``bench/cluster.py --adapt``).
 
@@ -63,13 +69,18 @@ from .._util import ConfigDict, atomic_write_bytes, atomic_write_json, figure_pn
 from ..errors import ConfigError, DataError
 from ..training.engine import TrainData, Trainer
 
-METHODS = ("simclr", "byol", "rotation")
+METHODS = ("simclr", "byol", "rotation", "scan")
+BANK_METHODS = ("simclr", "scan")  # the objectives that train on pairs of cached views with --unfreeze
+#: the objectives that start from trained features (SCAN mines its neighbours with them)
+NEEDS_WEIGHTS = ("scan",)
 
 #: per method, what differs from ``PretrainConfig``'s defaults
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "simclr": {},
     "byol": {"lr": 1e-3},
     "rotation": {"crop_scale": 0.5},
+    # SCAN's recipe (Van Gansbeke et al. 2020): a small rate for the backbone, ten times more for the heads
+    "scan": {"lr": 1e-3, "backbone_lr_scale": 0.1},
 }
 
 
@@ -99,7 +110,11 @@ class PretrainConfig(ConfigDict):
     hflip: bool = True
     unfreeze: int | None = None  # pretrained backbones: train only the last N blocks, on cached views
     view_bank: int = 6  # with unfreeze: augmented views per image run once through the frozen trunk
-    backbone_lr_scale: float = 0.3  # with unfreeze: the blocks' learning rate relative to the heads'
+    backbone_lr_scale: float = 0.3  # pretrained starts: the backbone's learning rate relative to the heads'
+    clusters: int | None = None  # scan: number of clusters the heads split the images into
+    neighbors: int = 20  # scan: nearest neighbours (in the starting features) each image must agree with
+    entropy_weight: float = 5.0  # scan: weight of the spread-over-all-clusters term
+    heads: int = 5  # scan: cluster heads trained side by side on the shared backbone
     seed: int = 0
     threads: int | None = None
 
@@ -119,11 +134,18 @@ class PretrainConfig(ConfigDict):
         if self.unfreeze is not None:
             if self.unfreeze < 1:
                 raise ConfigError(f"--unfreeze {self.unfreeze}: give the number of last blocks to train (at least 1)")
-            if self.method != "simclr":
-                raise ConfigError(f"--unfreeze trains on cached views, which only simclr uses; drop --unfreeze "
-                                  f"or use --method simclr (not {self.method})")
+            if self.method not in BANK_METHODS:
+                raise ConfigError(f"--unfreeze trains on cached views, which only simclr and scan use; drop "
+                                  f"--unfreeze or use --method simclr or scan (not {self.method})")
             if self.view_bank < 2:
-                raise ConfigError(f"--view-bank {self.view_bank}: give at least 2 views per image (SimCLR pairs two)")
+                raise ConfigError(f"--view-bank {self.view_bank}: give at least 2 views per image (a step pairs two)")
+        if self.method == "scan":
+            if self.clusters is None or self.clusters < 2:
+                raise ConfigError(f"--clusters {self.clusters}: --method scan needs the number of clusters to find "
+                                  "(at least 2), e.g. --clusters 10")
+            if self.neighbors < 1 or self.heads < 1 or self.entropy_weight < 0:
+                raise ConfigError(f"--neighbors {self.neighbors} / heads {self.heads} / --entropy-weight "
+                                  f"{self.entropy_weight}: give at least 1 neighbour and 1 head, and a weight >= 0")
         self.train_config()  # validates optimizer, lr and the rest the engine checks
 
     @classmethod
@@ -247,6 +269,34 @@ def byol_loss(p, t):
     return (2 - 2 * F.cosine_similarity(p, t.detach(), dim=-1)).mean()
 
 
+def scan_loss(anchors, neighbours, entropy_weight: float = 5.0):
+    """SCAN's loss (Van Gansbeke et al. 2020) per head, for cluster logits ``(heads, b, k)`` of ``b`` images
+    and of one of their nearest neighbours each: minus the log of the dot product of the two cluster
+    distributions (an image and its neighbour fall in the same cluster, confidently), minus
+    ``entropy_weight`` times the entropy of the batch's mean distribution (every cluster gets used)."""
+    import torch
+
+    pa, pn = anchors.softmax(-1), neighbours.softmax(-1)
+    consistency = -torch.log((pa * pn).sum(-1).clamp_min(1e-8)).mean(-1)
+    mean = pa.mean(-2)
+    entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum(-1)
+    return consistency - entropy_weight * entropy
+
+
+def mine_neighbors(features, k: int, chunk: int = 2048):
+    """``(n, k)`` indices of each row's ``k`` nearest other rows by cosine similarity (in chunks of rows,
+    so memory stays ``chunk x n``)."""
+    import torch
+
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    out = []
+    for s in range(0, len(f), chunk):
+        sim = f[s:s + chunk] @ f.T
+        sim[torch.arange(len(sim)), torch.arange(s, s + len(sim))] = -2.0  # never your own neighbour
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
 def _mlp(d_in: int, hidden: int, d_out: int):
     from torch import nn
 
@@ -254,9 +304,26 @@ def _mlp(d_in: int, hidden: int, d_out: int):
                          nn.Linear(hidden, d_out))
 
 
+def _ClusterHeads(d: int, k: int, heads: int):
+    """SCAN's heads: ``heads`` linear ``d → k`` cluster classifiers side by side; logits ``(heads, b, k)``."""
+    from torch import nn
+
+    class ClusterHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = nn.ModuleList(nn.Linear(d, k) for _ in range(heads))
+
+        def forward(self, f):
+            import torch
+
+            return torch.stack([h(f) for h in self.heads])
+
+    return ClusterHeads()
+
+
 def _ssl_net(backbone, cfg: PretrainConfig):
-    """backbone (pooled features) → head: projection (simclr, byol) or 4-way rotation classifier; BYOL
-    adds a predictor after the projection."""
+    """backbone (pooled features) → head: projection (simclr, byol), 4-way rotation classifier or SCAN's
+    cluster heads; BYOL adds a predictor after the projection."""
     import torch
     from torch import nn
 
@@ -265,7 +332,8 @@ def _ssl_net(backbone, cfg: PretrainConfig):
             super().__init__()
             d = backbone.num_features
             self.backbone = backbone
-            self.head = _mlp(d, cfg.hidden_dim, 4 if cfg.method == "rotation" else cfg.proj_dim)
+            self.head = (_ClusterHeads(d, cfg.clusters, cfg.heads) if cfg.method == "scan"
+                         else _mlp(d, cfg.hidden_dim, 4 if cfg.method == "rotation" else cfg.proj_dim))
             self.predictor = _mlp(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim) if cfg.method == "byol" else None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,14 +359,16 @@ class SelfSupervisedTrainer(Trainer):
     def __init__(self, net, x, cfg: PretrainConfig, mean, std, ckpt_dir=None, log=lambda m: None,
                  on_epoch=None, tail=None):
         """``x``: uint8 images ``(n, 3, h, w)``, or with ``tail`` (``--unfreeze``) the view bank
-        ``(n, views, c, h', w')`` of trunk activations that ``tail`` (the trained last blocks) continues."""
+        ``(n, views, c, h', w')`` of trunk activations that ``tail`` (the trained last blocks) continues;
+        for scan the views from index ``view_bank`` on are the images as they are and mirrored (``_view_bank``)."""
         import torch
 
         data = TrainData(x, torch.zeros(len(x), dtype=torch.long), [])  # no labels: a dummy target
-        # with a view bank the backbone is pretrained: its blocks take backbone_lr_scale of the heads' rate
+        # a view bank or SCAN start from trained weights: the backbone takes backbone_lr_scale of the heads' rate
         super().__init__(net, data, None, cfg.train_config(), mean, std, ckpt_dir=ckpt_dir, log=log,
-                         on_epoch=on_epoch, pretrained=tail is not None)
+                         on_epoch=on_epoch, pretrained=tail is not None or cfg.method in NEEDS_WEIGHTS)
         self.ssl, self.tail = cfg, tail
+        self.neighbors = None  # scan: (n, k) nearest neighbours of each image, set before fit()
         self.total_steps = cfg.epochs * max(1, len(x) // cfg.batch_size)
         self.views = None if tail is not None else ViewAugment(
             self.g, cfg.view_size or default_view_size(x.shape[-1]), cfg.crop_scale, cfg.jitter, cfg.p_jitter,
@@ -307,11 +377,46 @@ class SelfSupervisedTrainer(Trainer):
     def _score(self) -> dict[str, float]:
         return {}  # no labels: nothing to validate on (the linear probe is the judge)
 
-    def _loss(self, xb):
+    def features(self, batch_size: int = 256):
+        """Pooled backbone features of every image as it is (the plain cached view with a bank), in eval
+        mode: what SCAN mines its neighbours with."""
+        import torch
+
+        self.model.eval()
+        x, out = self.train.x, []
+        with torch.no_grad():
+            for s in range(0, len(x), batch_size):
+                if self.tail is not None:
+                    xb = x[s:s + batch_size, self.ssl.view_bank].float().contiguous(memory_format=torch.channels_last)
+                    out.append(self.tail(xb))
+                else:
+                    out.append(self.model.backbone(self._normalize(x[s:s + batch_size].float())))
+        return torch.cat(out)
+
+    def _scan_loss(self, xb, idx):
+        """SCAN: each image and one of its mined neighbours, each as a random view, through the backbone
+        and the cluster heads; the mean of the heads' losses."""
+        import torch
+
+        net, b = self.model, len(xb)
+        nb = self.neighbors[idx, torch.randint(0, self.neighbors.shape[1], (b,), generator=self.g)]
+        xn = self.train.x[nb]
+        if self.tail is not None:  # any cached view: augmented, as it is or mirrored
+            rows = torch.arange(b)
+            pick = [torch.randint(0, xb.shape[1], (b,), generator=self.g) for _ in range(2)]
+            v = torch.cat([xb[rows, pick[0]], xn[rows, pick[1]]]).float().contiguous(memory_format=torch.channels_last)
+            logits = net.head(self.tail(v))
+        else:
+            logits = net(self._normalize(torch.cat([self.views(xb), self.views(xn)])))
+        return scan_loss(logits[:, :b], logits[:, b:], self.ssl.entropy_weight).mean()
+
+    def _loss(self, xb, idx):
         import torch
         import torch.nn.functional as F
 
         net, b = self.model, len(xb)
+        if self.ssl.method == "scan":
+            return self._scan_loss(xb, idx)
         if self.tail is not None:  # two different cached views of each image
             first = torch.randint(0, xb.shape[1], (b,), generator=self.g)
             second = (first + torch.randint(1, xb.shape[1], (b,), generator=self.g)) % xb.shape[1]
@@ -345,7 +450,7 @@ class SelfSupervisedTrainer(Trainer):
         total, count = 0.0, 0
         for s in range(0, n - bs + 1, bs):  # drop the last partial batch: fewer negatives, noisier loss
             idx = order[s:s + bs]
-            loss = self._loss(self.train.x[idx])
+            loss = self._loss(self.train.x[idx], idx)
             if not torch.isfinite(loss):
                 raise ConfigError(f"the {self.ssl.method} loss became {loss.item()} at epoch {self.epoch + 1}; "
                                 "lower --lr (or raise --temperature)")
@@ -449,7 +554,7 @@ def pretrain(data: Any = None, method: str | None = None, backbone: str | None =
              on_epoch: Callable[[dict], Any] | None = None, **options: Any) -> PretrainResult:
     """Pretrain ``backbone`` (default ``smallcnn``) on the images of ``data`` (a folder, CSV, JSONL or
     ``ImageDataset``; labels, if any, are ignored) with ``method`` (``simclr`` (default), ``byol``,
-    ``rotation``); write the run directory
+    ``rotation``, ``scan``); write the run directory
     ``out`` (default ``runs/<data>-<method>-<backbone>``) with ``config.yaml``, ``metrics.jsonl``,
     ``log.txt``, ``checkpoints/last.pt``, ``plots/training_curves.png`` and the backbone files.
 
@@ -468,9 +573,15 @@ def pretrain(data: Any = None, method: str | None = None, backbone: str | None =
         raise ConfigError("pretrain: give DIR (a folder of images) or --resume RUN")
     cfg = PretrainConfig.for_method(method or "simclr", backbone=backbone or "smallcnn", **given)
     _, source, from_run = _check_backbone(cfg.backbone)  # a bad name fails before anything is written
-    if cfg.unfreeze is not None and from_run is None and source not in ("imagenet", "hub"):
-        raise ConfigError(f"--unfreeze {cfg.unfreeze} keeps the first blocks of {cfg.backbone} as they are, which "
-                          f"needs trained weights: use --backbone {cfg.backbone}@imagenet or an earlier pretrain run")
+    if from_run is None and source not in ("imagenet", "hub"):
+        if cfg.unfreeze is not None:
+            raise ConfigError(f"--unfreeze {cfg.unfreeze} keeps the first blocks of {cfg.backbone} as they are, "
+                              f"which needs trained weights: use --backbone {cfg.backbone}@imagenet or an earlier "
+                              "pretrain run")
+        if cfg.method in NEEDS_WEIGHTS:
+            raise ConfigError(f"--method {cfg.method} finds each image's neighbours with the features of "
+                              f"{cfg.backbone}, which needs trained weights: use --backbone {cfg.backbone}@imagenet "
+                              "or an earlier pretrain run (e.g. --method simclr)")
     ds = data if isinstance(data, ImageDataset) else load_dataset(data)
     name = Path(os.fspath(data)).name if not isinstance(data, ImageDataset) else ds.name
     run = RunDir.create(out, hint=f"{name}-{method}-{Path(cfg.backbone).name}")
@@ -539,8 +650,10 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
         n = (read_backbone_info(run.path).get("images") if (run.path / "backbone.json").exists() else None) or len(ds)
         return _finish(run, model, arch, size, bcfg, cfg, ds, done["epoch"], done["history"], n, [], done["epoch"])
     pre = Preprocess(size=size, resize="crop", interpolation=bcfg.interpolation, mean=bcfg.mean, std=bcfg.std)
-    x, _, skipped = decode_to_tensor(ds.sources, pre, n_jobs=n_jobs, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                                     description="decode")
+    x, ok, skipped = decode_to_tensor(ds.sources, pre, n_jobs=n_jobs, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                                      description="decode")
+    # known labels never train; SCAN only reports how often an image's neighbours share its label
+    truth = ds.targets[ok] if ds.is_labelled and ds.targets.ndim == 1 else None
     if skipped:
         log(f"skipped {len(skipped)} unreadable images")
         run.log(f"skipped {len(skipped)} unreadable images: " + "; ".join(f"{p}: {r}" for p, r in skipped[:50]))
@@ -558,6 +671,8 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
         x, tail = _view_bank(net, x, cfg, bcfg, lambda m: (log(m), run.log(m)))
     trainer = SelfSupervisedTrainer(_ssl_net(net, cfg), x, cfg, bcfg.mean, bcfg.std, ckpt_dir=ckpt, log=log,
                                     on_epoch=record, tail=tail)
+    if cfg.method == "scan":
+        trainer.neighbors = _neighbors(run, trainer, cfg, truth, resume, log)
     resumed_from = None
     if resume:
         if (ckpt / "last.pt").exists():
@@ -597,16 +712,56 @@ def _view_bank(net, x, cfg: PretrainConfig, bcfg, log):
     aug = ViewAugment(torch.Generator().manual_seed(cfg.seed + 1), cfg.view_size or x.shape[-1], cfg.crop_scale,
                       cfg.jitter, cfg.p_jitter, cfg.p_gray, cfg.hflip)
     t0, bank = time.perf_counter(), None
+    # SCAN also sees (and mines its neighbours on) the images as they are, and mirrored unless --no-hflip
+    plain = (1 + cfg.hflip) * (cfg.method == "scan")
+    slots = cfg.view_bank + plain
     for v in range(cfg.view_bank):
         views = torch.cat([aug(x[i:i + 1024]).round_().to(torch.uint8) for i in range(0, len(x), 1024)])
-        acts = ActivationCache.compute(trunk, views, bcfg.mean, bcfg.std, f"view bank {v + 1}/{cfg.view_bank}",
+        acts = ActivationCache.compute(trunk, views, bcfg.mean, bcfg.std, f"view bank {v + 1}/{slots}",
                                        mirrored=False).plain
         if bank is None:
-            bank = torch.empty((len(x), cfg.view_bank, *acts.shape[1:]), dtype=acts.dtype)
+            bank = torch.empty((len(x), slots, *acts.shape[1:]), dtype=acts.dtype)
         bank[:, v] = acts
-    log(f"view bank: {cfg.view_bank} views of {len(x)} images through the frozen trunk "
+    if plain:
+        cache = ActivationCache.compute(trunk, x, bcfg.mean, bcfg.std, "view bank: the images as they are",
+                                        mirrored=cfg.hflip)
+        bank[:, cfg.view_bank] = cache.plain
+        if cfg.hflip:
+            bank[:, cfg.view_bank + 1] = cache.mirrored
+    log(f"view bank: {slots} views of {len(x)} images through the frozen trunk "
         f"({bank.numel() * bank.element_size() / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
     return bank, tail
+
+
+def _neighbors(run, trainer: SelfSupervisedTrainer, cfg: PretrainConfig, truth, resume: bool, log):
+    """SCAN's ``(n, k)`` nearest neighbours in the starting features, mined once and kept in the run
+    (``checkpoints/neighbors.npy``) so a resumed run agrees with images' neighbours of the first start,
+    not of its half-trained network."""
+    import io
+    import time
+
+    import torch
+
+    path = run.path / "checkpoints" / "neighbors.npy"
+    n = len(trainer.train.x)
+    if resume and path.exists():
+        nb = np.load(path, allow_pickle=False)
+        if nb.shape[0] == n:
+            return torch.from_numpy(nb)
+        log(f"{path}: kept for {nb.shape[0]} images, now {n}; mining the neighbours again")
+    k = min(cfg.neighbors, n - 1)
+    t0 = time.perf_counter()
+    nb = mine_neighbors(trainer.features(), k)
+    buf = io.BytesIO()
+    np.save(buf, nb.numpy().astype(np.int64), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+    line = f"neighbours: {k} per image from the starting features in {time.perf_counter() - t0:.0f} s"
+    if truth is not None and (truth >= 0).all():
+        t = torch.as_tensor(truth)
+        line += f"; they share the image's label {(t[nb] == t[:, None]).float().mean().item():.3f} of the time (labels not used)"
+    log(line)
+    run.log(line)
+    return nb
 
 
 def _finished_checkpoint(path: Path, epochs: int) -> dict | None:
