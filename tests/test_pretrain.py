@@ -17,8 +17,15 @@ import imgclass
 from imgclass.cli import main
 from imgclass.errors import ConfigError
 from imgclass.features.backbones import backbone_config
-from imgclass.learning.pretrain import (ViewAugment, init_backbone, mine_neighbors, nt_xent, pretrain, save_backbone,
-                                       scan_loss)
+from imgclass.learning.pretrain import (
+    ViewAugment,
+    init_backbone,
+    mine_neighbors,
+    nt_xent,
+    pretrain,
+    save_backbone,
+    scan_loss,
+)
 from imgclass.models import parse_spec
 
 FAST = {"epochs": 2, "batch_size": 12, "img_size": 16}

@@ -23,11 +23,12 @@ everywhere one is accepted: ``--method runs/simclr+logreg`` (linear probe on fro
 The features are taken before the heads (globally pooled backbone output).
 
 **Domain adaptation** (``unfreeze=N``, SimCLR and SCAN): starting from ``NAME@imagenet`` or an earlier run,
-only the last ``N`` blocks and the projection head train. The frozen trunk runs once over a bank of
-``view_bank`` augmented views per image (``_view_bank``), and each step pairs two different cached views
-of each image (SCAN: a cached view of an image and one of a neighbour). This is how ImageNet features are adapted to another domain without labels on a CPU,
-e.g. to cluster small photos whose ImageNet embeddings group by texture and background more than by
-object (``bench/cluster.py --adapt``).
+only the last ``N`` blocks and the heads train. The frozen trunk runs once over a bank of ``view_bank``
+augmented views per image (``_view_bank``), and each step pairs two different cached views of each
+image (SCAN: a cached view of an image and one of a neighbour). This is how ImageNet features are
+adapted to another domain without labels on a CPU, e.g. to cluster small photos whose ImageNet
+embeddings group by texture and background more than by object (``bench/cluster.py --adapt``, then
+``--scan``).
 
 Why not Lightly: ``pip install lightly`` (1.6.0, checked with ``pip install --dry-run -c constraints.txt``)
 keeps the torch pin but pulls pytorch-lightning, torchmetrics, hydra-core, omegaconf and aiohttp for
@@ -304,7 +305,7 @@ def _mlp(d_in: int, hidden: int, d_out: int):
                          nn.Linear(hidden, d_out))
 
 
-def _ClusterHeads(d: int, k: int, heads: int):
+def _cluster_heads(d: int, k: int, heads: int):
     """SCAN's heads: ``heads`` linear ``d → k`` cluster classifiers side by side; logits ``(heads, b, k)``."""
     from torch import nn
 
@@ -332,7 +333,7 @@ def _ssl_net(backbone, cfg: PretrainConfig):
             super().__init__()
             d = backbone.num_features
             self.backbone = backbone
-            self.head = (_ClusterHeads(d, cfg.clusters, cfg.heads) if cfg.method == "scan"
+            self.head = (_cluster_heads(d, cfg.clusters, cfg.heads) if cfg.method == "scan"
                          else _mlp(d, cfg.hidden_dim, 4 if cfg.method == "rotation" else cfg.proj_dim))
             self.predictor = _mlp(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim) if cfg.method == "byol" else None
 
@@ -453,7 +454,7 @@ class SelfSupervisedTrainer(Trainer):
             loss = self._loss(self.train.x[idx], idx)
             if not torch.isfinite(loss):
                 raise ConfigError(f"the {self.ssl.method} loss became {loss.item()} at epoch {self.epoch + 1}; "
-                                "lower --lr (or raise --temperature)")
+                                  f"lower --lr{' (or raise --temperature)' if self.ssl.method == 'simclr' else ''}")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
