@@ -259,6 +259,12 @@ def test_scan_trains_cluster_heads_to_agree_with_mined_neighbours_and_resumes_wi
     st = torch.load(str(run / "checkpoints" / "last.pt"), weights_only=True)
     heads = [k for k in st["model"] if k.startswith("head.heads.")]
     assert len(heads) == 2 * 5 and st["model"]["head.heads.0.weight"].shape[0] == 3  # 5 heads x 3 clusters
+    # the run clusters unlabelled images into its own number of clusters unless told otherwise
+    from imgclass.learning.cluster import cluster
+
+    photos = sorted(str(p) for p in Path(simclr["data"]).rglob("*") if p.is_file())
+    res = cluster(photos, features=str(run), seed=0)
+    assert res.k == 3 and any(n.startswith(f"k = 3: the --clusters of the SCAN run {run}") for n in res.notes)
 
 
 @pytest.mark.parametrize("case", ["random", "no_k", "one_k"])

@@ -587,6 +587,17 @@ def _key(src: ImageSource) -> str:
 
 
 # --------------------------------------------------------------------------- the function
+def _scan_clusters(features: str) -> int | None:
+    """The number of clusters a ``pretrain --method scan`` run in ``features`` was trained for, else None."""
+    from ..features.backbones import pretrained_dir, read_pretrained_dir
+
+    folder = pretrained_dir(features)
+    if folder is None:
+        return None
+    info = read_pretrained_dir(folder)
+    return int(info["config"]["clusters"]) if info.get("method") == "scan" else None
+
+
 def _as_dataset(data) -> ImageDataset:
     if isinstance(data, ImageDataset):
         return data
@@ -720,6 +731,10 @@ def cluster(data: ImageDataset | str | os.PathLike | Sequence[str], features: st
         if 2 <= n_cls < n:
             k = n_cls
             notes.append(f"k = {k}: the number of classes in {ds.name} (use --k auto to choose it by "
+                         f"{'BIC' if algo == 'gmm' else 'silhouette'})")
+        elif _scan_clusters(features):
+            k = _scan_clusters(features)
+            notes.append(f"k = {k}: the --clusters of the SCAN run {features} (use --k auto to choose it by "
                          f"{'BIC' if algo == 'gmm' else 'silhouette'})")
         else:
             k = "auto"
