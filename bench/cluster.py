@@ -8,6 +8,9 @@
   32x32x3 pixels (literature: ~0.23 ACC). Also shown: the other k-needing algorithms on the same
   features, and the named-clusters classifier (5 labelled images per class) next to lite0+logreg
   trained on the same 50 labelled images.
+* ``--adapt EPOCHS``: the same val clustering on lite0 adapted without labels by SimCLR on train (last
+  2 blocks); ``--scan EPOCHS``: then on the adapted lite0 trained further by SCAN on train (mined
+  neighbours, cluster heads). ``--adapt-dir`` / ``--scan-dir`` keep the runs and reuse them.
 * scikit-learn digits written as PNGs to a temporary folder, HOG features, defaults, k-means k=10.
   Target: ARI >= 0.60. Baseline: scikit-learn's own example (StandardScaler + k-means++, n_init=4,
   on the raw 8x8 values; 0.48-0.56 ARI in its docs).
