@@ -103,23 +103,31 @@ def _cluster_with(root: Path, run: Path, label: str, seed: int, pretrain_s: floa
     return rows, {"run": str(run), "pretrain_s": pretrain_s, "metrics": metrics["kmeans"], "gmm_tied": metrics["gmm"]}
 
 
+def _pretrained(root: Path, train: Path, keep: Path | None, name: str, label: str, epochs: int, seed: int,
+                **opts) -> tuple[list[dict], dict]:
+    """Pretrain on ``train`` (last 2 blocks, bank of 5 views, 128 px, crop scale 0.3; labels ignored) into
+    ``keep`` (reused when it holds a backbone), then cluster val on its embeddings."""
+    from imgclass.learning.pretrain import pretrain
+
+    run = keep or Path(tempfile.mkdtemp()) / name
+    with Timer() as tp:
+        if (run / "backbone.json").exists():
+            _log(f"{name}: reusing {run}")
+        else:
+            _log(f"{name}: {opts['method']} from {opts['backbone']} on {train} for {epochs} epochs -> {run}")
+            pretrain(train, img_size=128, unfreeze=2, view_bank=5, crop_scale=0.3, epochs=epochs, seed=seed, out=run,
+                     log=_log, **opts)
+    rows, res = _cluster_with(root, run, label, seed, tp.s)
+    return rows, {**res, "epochs": epochs}
+
+
 def bench_adapted(root: Path, train: Path, epochs: int, keep: Path | None, seed: int) -> tuple[list[dict], dict]:
     """lite0 adapted to the domain without labels: SimCLR on cifar10-12k train (10,000 images, labels
     ignored) training only the last 2 blocks on a bank of 5 cached views (``imgclass pretrain TRAIN
-    --method simclr --backbone lite0@imagenet --unfreeze 2 --view-bank 5 --img-size 128 --lr 1e-3``, crop scale 0.3), then the
-    same clustering of val on the adapted embeddings."""
-    from imgclass.learning.pretrain import pretrain
-
-    run = keep or Path(tempfile.mkdtemp()) / "lite0-simclr"
-    with Timer() as tp:
-        if (run / "backbone.json").exists():
-            _log(f"adapted lite0: reusing {run}")
-        else:
-            _log(f"adapted lite0: SimCLR on {train} for {epochs} epochs -> {run}")
-            pretrain(train, method="simclr", backbone="lite0@imagenet", img_size=128, unfreeze=2, view_bank=5,
-                     epochs=epochs, lr=1e-3, crop_scale=0.3, seed=seed, out=run, log=_log)
-    rows, res = _cluster_with(root, run, "adapted by SimCLR on train (no labels)", seed, tp.s)
-    return rows, {**res, "epochs": epochs}
+    --method simclr --backbone lite0@imagenet --unfreeze 2 --view-bank 5 --img-size 128 --lr 1e-3``, crop
+    scale 0.3), then the same clustering of val on the adapted embeddings."""
+    return _pretrained(root, train, keep, "lite0-simclr", "adapted by SimCLR on train (no labels)", epochs, seed,
+                       method="simclr", backbone="lite0@imagenet", lr=1e-3)
 
 
 def bench_scan(root: Path, train: Path, adapted: Path, epochs: int, keep: Path | None,
@@ -129,18 +137,8 @@ def bench_scan(root: Path, train: Path, adapted: Path, epochs: int, keep: Path |
     cached views plus the images as they are and mirrored (``imgclass pretrain TRAIN --method scan
     --backbone ADAPTED --clusters 10 --unfreeze 2 --view-bank 5 --img-size 128``, crop scale 0.3); then
     the same clustering of val on its embeddings."""
-    from imgclass.learning.pretrain import pretrain
-
-    run = keep or Path(tempfile.mkdtemp()) / "lite0-scan"
-    with Timer() as tp:
-        if (run / "backbone.json").exists():
-            _log(f"SCAN lite0: reusing {run}")
-        else:
-            _log(f"SCAN lite0: from {adapted} on {train} for {epochs} epochs -> {run}")
-            pretrain(train, method="scan", backbone=str(adapted), img_size=128, unfreeze=2, view_bank=5, clusters=10,
-                     epochs=epochs, crop_scale=0.3, seed=seed, out=run, log=_log)
-    rows, res = _cluster_with(root, run, "adapted by SimCLR, then SCAN on train (no labels)", seed, tp.s)
-    return rows, {**res, "epochs": epochs}
+    return _pretrained(root, train, keep, "lite0-scan", "adapted by SimCLR, then SCAN on train (no labels)", epochs,
+                       seed, method="scan", backbone=str(adapted), clusters=10)
 
 
 def bench_digits(seed: int) -> tuple[list[dict], dict]:
