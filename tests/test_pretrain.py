@@ -115,7 +115,7 @@ def test_mine_neighbors_matches_brute_force_cosine_and_never_picks_the_image_its
     from sklearn.neighbors import NearestNeighbors
 
     f = torch.randn(50, 8, generator=torch.Generator().manual_seed(1))
-    nb = mine_neighbors(f, 4, chunk=7)  # chunks that do not divide n
+    nb = mine_neighbors(f, 4)
     ref = NearestNeighbors(n_neighbors=5, metric="cosine").fit(f.numpy()).kneighbors(f.numpy())[1][:, 1:]
     assert nb.shape == (50, 4) and (nb != torch.arange(50)[:, None]).all()
     assert np.array_equal(np.sort(nb.numpy(), 1), np.sort(ref, 1))

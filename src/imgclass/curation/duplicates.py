@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._util import progress_bar
-
-EXACT_SEARCH_BELOW = 5000
+from ..features.neighbours import cosine_neighbours
 
 
 @dataclass
@@ -46,23 +45,11 @@ def exact_groups(sha256: Sequence[str | None]) -> list[list[int]]:
 def candidate_pairs(E: np.ndarray, k: int = 10, min_cosine: float = 0.75, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(pairs (m, 2) with i < j, cosine (m,))``: each row's ``k`` nearest neighbours by cosine
     similarity with similarity >= ``min_cosine``, from a FAISS index (HNSW for large sets)."""
-    import faiss
-
     n = len(E)
     if n < 2:
         return np.zeros((0, 2), np.int64), np.zeros(0)
-    X = np.ascontiguousarray(E, dtype=np.float32)
-    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    k = int(min(k + 1, n))
-    if n < EXACT_SEARCH_BELOW:
-        index = faiss.IndexFlatIP(X.shape[1])
-    else:
-        index = faiss.IndexHNSWFlat(X.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = max(64, 2 * k)
-    faiss.omp_set_num_threads(max(1, _threads()))
-    index.add(X)
-    D, nb = index.search(X, k)
+    D, nb = cosine_neighbours(E, k + 1)
+    k = nb.shape[1]
     rows = np.repeat(np.arange(n), k)
     cols, sims = nb.ravel(), D.ravel()
     keep = (cols >= 0) & (cols != rows) & (sims >= min_cosine)

@@ -284,18 +284,20 @@ def scan_loss(anchors, neighbours, entropy_weight: float = 5.0):
     return consistency - entropy_weight * entropy
 
 
-def mine_neighbors(features, k: int, chunk: int = 2048):
-    """``(n, k)`` indices of each row's ``k`` nearest other rows by cosine similarity (in chunks of rows,
-    so memory stays ``chunk x n``)."""
+def mine_neighbors(features, k: int):
+    """``(n, k)`` indices of each row's ``k`` nearest other rows by cosine similarity (the project's
+    FAISS search, ``features.neighbours``: exact below 5,000 rows, HNSW above)."""
     import torch
 
-    f = torch.nn.functional.normalize(features.float(), dim=1)
-    out = []
-    for s in range(0, len(f), chunk):
-        sim = f[s:s + chunk] @ f.T
-        sim[torch.arange(len(sim)), torch.arange(s, s + len(sim))] = -2.0  # never your own neighbour
-        out.append(sim.topk(k, dim=1).indices)
-    return torch.cat(out)
+    from ..features.neighbours import cosine_neighbours
+
+    n = len(features)
+    _, nb = cosine_neighbours(features.float().numpy(), k + 1)
+    rows = np.arange(n)[:, None]
+    nb = np.where(nb < 0, rows, nb)  # a hit HNSW could not fill: the image itself, a harmless pair
+    # the first k hits that are not the row itself (identical rows can rank before it)
+    nb = np.take_along_axis(nb, np.argsort(nb == rows, axis=1, kind="stable"), axis=1)[:, :k]
+    return torch.from_numpy(np.ascontiguousarray(nb, dtype=np.int64))
 
 
 def _mlp(d_in: int, hidden: int, d_out: int):
