@@ -732,8 +732,8 @@ def cluster(data: ImageDataset | str | os.PathLike | Sequence[str], features: st
             k = n_cls
             notes.append(f"k = {k}: the number of classes in {ds.name} (use --k auto to choose it by "
                          f"{'BIC' if algo == 'gmm' else 'silhouette'})")
-        elif _scan_clusters(features):
-            k = _scan_clusters(features)
+        elif scan_k := _scan_clusters(features):
+            k = scan_k
             notes.append(f"k = {k}: the --clusters of the SCAN run {features} (use --k auto to choose it by "
                          f"{'BIC' if algo == 'gmm' else 'silhouette'})")
         else:
