@@ -738,8 +738,8 @@ def _view_bank(net, x, cfg: PretrainConfig, bcfg, log):
 
 def _neighbors(run, trainer: SelfSupervisedTrainer, cfg: PretrainConfig, truth, resume: bool, log):
     """SCAN's ``(n, k)`` nearest neighbours in the starting features, mined once and kept in the run
-    (``checkpoints/neighbors.npy``) so a resumed run agrees with images' neighbours of the first start,
-    not of its half-trained network."""
+    (``checkpoints/neighbors.npy``): a resumed run trains on the neighbours of the start, not on ones
+    mined again with its half-trained network."""
     import io
     import time
 
@@ -756,7 +756,7 @@ def _neighbors(run, trainer: SelfSupervisedTrainer, cfg: PretrainConfig, truth, 
     t0 = time.perf_counter()
     nb = mine_neighbors(trainer.features(), k)
     buf = io.BytesIO()
-    np.save(buf, nb.numpy().astype(np.int64), allow_pickle=False)
+    np.save(buf, nb.numpy(), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
     line = f"neighbours: {k} per image from the starting features in {time.perf_counter() - t0:.0f} s"
     if truth is not None and (truth >= 0).all():
