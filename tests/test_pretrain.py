@@ -203,6 +203,48 @@ def test_unfreeze_trains_only_the_last_blocks_on_a_bank_of_cached_views(simclr, 
     assert again.losses == pytest.approx(res.losses, rel=1e-5)
 
 
+def test_view_bank_is_kept_and_reused_by_the_next_run_only_when_trunk_images_and_views_match(simclr, tmp_path,
+                                                                                              monkeypatch):
+    """The bank is kept in the run under a key; a run started from it with the same trunk, images and
+    view options takes it (hard-linked, the trunk never runs), other view options or a damaged file
+    make the trunk compute a new one."""
+    import os
+
+    from safetensors import safe_open
+
+    import imgclass.training.frozen as frozen
+
+    opts = {"method": "simclr", "unfreeze": 1, "view_bank": 3, **FAST}
+    first = tmp_path / "first"
+    pretrain(simclr["data"], backbone=str(simclr["run"]), out=first, **opts)
+    kept = first / "checkpoints" / "view_bank.safetensors"
+    with safe_open(str(kept), framework="pt") as f:
+        assert f.get_tensor("bank").shape[:2] == (24, 3) and len(f.metadata()["key"]) == 64
+
+    computed = frozen.ActivationCache.compute
+
+    def trunk_must_not_run(*a, **k):
+        raise AssertionError("the trunk ran although the bank could be reused")
+
+    monkeypatch.setattr(frozen.ActivationCache, "compute", trunk_must_not_run)
+    lines: list[str] = []
+    res = pretrain(simclr["data"], backbone=str(first), out=tmp_path / "second", log=lines.append, **opts)
+    assert any(m == f"view bank: 3 views of 24 images reused from {kept} (same frozen trunk, images and view "
+               "options)" for m in lines)
+    assert all(np.isfinite(res.losses)) and os.path.samefile(kept, tmp_path / "second/checkpoints/view_bank.safetensors")
+    with pytest.raises(AssertionError, match="the trunk ran"):  # other views: another bank
+        pretrain(simclr["data"], backbone=str(first), out=tmp_path / "third", **{**opts, "crop_scale": 0.5})
+
+    monkeypatch.setattr(frozen.ActivationCache, "compute", computed)
+    (first / "checkpoints" / "junk").write_bytes(b"not a safetensors file")
+    os.replace(first / "checkpoints" / "junk", kept)  # a damaged bank: computed again, the second run's intact
+    lines.clear()
+    pretrain(simclr["data"], backbone=str(first), out=tmp_path / "fourth", log=lines.append, **opts)
+    assert any(m.startswith("view bank: 3 views of 24 images through the frozen trunk") for m in lines)
+    with safe_open(str(tmp_path / "second/checkpoints/view_bank.safetensors"), framework="pt") as f:
+        assert f.get_tensor("bank").shape[:2] == (24, 3)
+
+
 @pytest.mark.parametrize("case", ["random", "byol", "too_many", "bank"])
 def test_unfreeze_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case):
     run = str(simclr["run"])
@@ -250,7 +292,10 @@ def test_scan_trains_cluster_heads_to_agree_with_mined_neighbours_and_resumes_wi
         raise AssertionError("a resumed run mined its neighbours again")
 
     monkeypatch.setattr(pt, "mine_neighbors", no_mining)
-    res = pretrain(resume=run)
+    lines.clear()
+    res = pretrain(resume=run, log=lines.append)
+    if unfreeze:  # and the bank kept in the run, not the trunk again
+        assert any(m.startswith(f"view bank: 5 views of 24 images reused from {run / 'checkpoints'}") for m in lines)
     assert res.resumed_from == 1 and res.losses == pytest.approx(ref.losses, rel=1e-4)
     assert all(np.isfinite(res.losses)) and res.losses[-1] < res.losses[0]
     start, trained = _weights(simclr["run"]), _weights(run)
