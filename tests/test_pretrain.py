@@ -122,6 +122,25 @@ def test_mine_neighbors_matches_brute_force_cosine_and_never_picks_the_image_its
 
 
 # --------------------------------------------------------------------------- runs
+@pytest.mark.parametrize("hflip", [True, False])
+def test_scan_mines_in_flip_averaged_features_like_cluster_unless_flips_are_off(simclr, hflip):
+    """The features SCAN mines its neighbours in: the image and its mirror image averaged (as
+    ``imgclass cluster`` embeds), or the image alone with --no-hflip."""
+    from imgclass.learning.pretrain import PretrainConfig, SelfSupervisedTrainer, _ssl_net
+
+    cfg = PretrainConfig.for_method("scan", backbone=str(simclr["run"]), clusters=3, hflip=hflip, **FAST)
+    net, _, bcfg = init_backbone(cfg.backbone)
+    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    trainer = SelfSupervisedTrainer(_ssl_net(net, cfg), x, cfg, bcfg.mean, bcfg.std)
+    got = trainer.features(batch_size=2)
+    net.eval()
+    with torch.no_grad():
+        xn = trainer._normalize(x.float())
+        plain, mirrored = net(xn), net(xn.flip(-1))
+    assert not torch.allclose(plain, mirrored, atol=1e-4)
+    assert torch.allclose(got, (plain + mirrored) / 2 if hflip else plain, atol=1e-5)
+
+
 def test_simclr_run_trains_and_writes_checkpoints_backbone_and_logs(simclr):
     run, res = simclr["run"], simclr["res"]
     assert res.epochs == 3 and len(res.losses) == 3 and all(np.isfinite(res.losses))
