@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._util import progress_bar
+from ..features import default_jobs
 from ..features.neighbours import cosine_neighbours
 
 
@@ -62,12 +63,6 @@ def candidate_pairs(E: np.ndarray, k: int = 10, min_cosine: float = 0.75, seed: 
     first = np.r_[True, key[1:] != key[:-1]]
     key, sims_k = key[first], sims_k[first]
     return np.stack([key // n, key % n], axis=1), sims_k.astype(np.float64)
-
-
-def _threads() -> int:
-    import os
-
-    return int(os.environ.get("IMGCLASS_JOBS", "0")) or (os.cpu_count() or 1)
 
 
 def _highpass(thumbs: np.ndarray) -> np.ndarray:
@@ -125,7 +120,7 @@ def verify_pairs(thumbs: np.ndarray, pairs: np.ndarray, limits: DuplicateLimits 
     with progress_bar(len(pairs), "near-duplicate check", unit="pair") as bar:
         from concurrent.futures import ThreadPoolExecutor  # OpenCV releases the GIL
 
-        with ThreadPoolExecutor(max_workers=max(1, _threads())) as ex:
+        with ThreadPoolExecutor(max_workers=max(1, default_jobs())) as ex:
             for (lo, hi), _ in zip(spans, ex.map(lambda sp: work(*sp), spans)):
                 bar.advance(hi - lo)
     return col, det

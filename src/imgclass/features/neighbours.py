@@ -3,8 +3,6 @@ candidates (``curation.duplicates``) and SCAN's mined neighbours (``learning.pre
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 EXACT_SEARCH_BELOW = 5000
@@ -26,7 +24,9 @@ def cosine_neighbours(E: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = faiss.IndexHNSWFlat(X.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = max(64, 2 * k)
-    faiss.omp_set_num_threads(max(1, int(os.environ.get("IMGCLASS_JOBS", "0")) or (os.cpu_count() or 1)))
+    from . import default_jobs
+
+    faiss.omp_set_num_threads(max(1, default_jobs()))
     index.add(X)
     return index.search(X, k)
 
