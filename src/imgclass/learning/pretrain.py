@@ -718,7 +718,8 @@ def _view_bank(net, x, cfg: PretrainConfig, bcfg, log, keep: Path | None = None,
     decoded images and the view options (``_bank_key``). A folder of ``reuse`` holding a bank with the
     same key supplies it instead of the trunk: ``--resume`` (its own folder) and a run started from this
     one with the same ``--unfreeze`` and views, e.g. the next SCAN round, whose trunk is still this
-    run's since only the tail trained. That saved 260-580 s per SCAN round on cifar10-12k train."""
+    run's since only the tail trained. On cifar10-12k train (7 views of 10,000 images) reading and
+    checking the kept bank took 15 s where the trunk took 353 s."""
     import time
 
     import torch
@@ -737,7 +738,7 @@ def _view_bank(net, x, cfg: PretrainConfig, bcfg, log, keep: Path | None = None,
     key = _bank_key(trunk, x, cfg, slots)
     for folder in reuse:
         bank = _load_bank(folder / BANK_FILE, key)
-        if bank is not None and bank.shape[:2] == (len(x), slots):
+        if bank is not None:  # the key covers the image count and the slots
             log(f"view bank: {slots} views of {len(x)} images reused from {folder / BANK_FILE} (same frozen "
                 "trunk, images and view options)")
             if keep is not None and folder != keep:
