@@ -328,7 +328,7 @@ def test_scan_trains_cluster_heads_to_agree_with_mined_neighbours_and_resumes_wi
 
     photos = sorted(str(p) for p in Path(simclr["data"]).rglob("*") if p.is_file())
     res = cluster(photos, features=str(run), seed=0)
-    assert res.k == 3 and any(n.startswith(f"k = 3: the --clusters of the SCAN run {run}") for n in res.notes)
+    assert res.k == 3 and any(n.startswith(f"k = 3: the --clusters of the pretrain run {run}") for n in res.notes)
 
 
 @pytest.mark.parametrize("case", ["random", "no_k", "one_k"])
@@ -341,6 +341,97 @@ def test_scan_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case):
     }[case]
     with pytest.raises(ConfigError, match=expected):
         pretrain(simclr["data"], method="scan", out=tmp_path / "run", **{**FAST, **opts})
+    assert not (tmp_path / "run").exists()
+
+
+def test_selflabel_relabel_keeps_the_most_confident_share_of_each_cluster_and_balances_them(simclr):
+    """relabel(): each image to its most probable cluster (centred cosine to the directions), the top
+    ``confident`` share of each cluster by probability kept, the rest -1, clusters weighted by 1/count."""
+    from imgclass.learning.pretrain import PretrainConfig, SelfSupervisedTrainer, _ssl_net
+
+    cfg = PretrainConfig.for_method("selflabel", backbone=str(simclr["run"]), clusters=2, confident=0.5, **FAST)
+    net, _, bcfg = init_backbone(cfg.backbone)
+    trainer = SelfSupervisedTrainer(_ssl_net(net, cfg), torch.zeros((8, 3, 16, 16), dtype=torch.uint8), cfg,
+                                    bcfg.mean, bcfg.std)
+    # 6 images near direction A (the nearer the more confident), 2 near B; feature mean = the centre
+    f = torch.tensor([[4.0, 0.1], [4.0, 0.5], [4.0, 1.0], [4.0, 1.5], [4.0, 2.0], [4.0, 2.5], [-4.0, 0.2], [-4.0, 1.0]])
+    d = net.num_features
+    feats = torch.zeros(8, d)
+    feats[:, :2] = f
+    trainer.features = lambda batch_size=256: feats + 10.0  # a common offset: removed by the centring
+    with torch.no_grad():
+        trainer.model.head.weight.zero_()
+        trainer.model.head.weight[0, 0], trainer.model.head.weight[1, 0] = 1.0, -1.0
+    trainer.truth = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    rec = trainer.relabel()
+    assert trainer.targets.tolist() == [0, 0, 0, -1, -1, -1, 1, -1]  # top 3 of 6 and top 1 of 2
+    assert torch.allclose(trainer.model.head.centre, feats.mean(0) + 10.0)
+    assert torch.allclose(trainer.weights, torch.tensor([4 / (2 * 3), 4 / (2 * 1)]))  # inverse counts
+    assert rec["confident"] == 0.5 and rec["clusters_used"] == 2 and rec["confident_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("unfreeze", [None, 1])
+def test_selflabel_starts_from_kmeans_trains_on_its_confident_clusters_and_resumes_exactly(simclr, tmp_path, unfreeze):
+    """selflabel from the SimCLR run: k-means of its features sets the classifier (labels only reported),
+    each epoch trains on the confident half of each cluster (recorded in metrics.jsonl), the backbone
+    (or with --unfreeze its last block, on the bank, which also caches the plain images) changes, and a
+    run killed after epoch 1 resumes to the same losses without k-means again."""
+    import imgclass.learning.pretrain as pt
+
+    opts = {"method": "selflabel", "backbone": str(simclr["run"]), "clusters": 3, **FAST, "epochs": 3,
+            "batch_size": 6, **({"unfreeze": 1, "view_bank": 3} if unfreeze else {})}
+    lines: list[str] = []
+    ref = pretrain(simclr["data"], out=tmp_path / "ref", log=lines.append, **opts)
+    assert any(m.startswith("self-labelling starts from k-means into 3 clusters of the starting features (ACC ")
+               for m in lines)
+    picks = [m for m in lines if m.startswith("self-labelling: 50% of the images in 3 clusters, ")]
+    assert len(picks) == 3 and all("right under the best cluster-to-class matching (labels not used)" in m for m in picks)
+    if unfreeze:  # 3 augmented views + the images as they are + mirrored
+        assert any(m.startswith("view bank: 5 views of 24 images") for m in lines)
+    recs = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["confident"] for r in recs] == [0.5] * 3 and all(r["clusters_used"] == 3 for r in recs)
+    assert all(np.isfinite(ref.losses)) and len(ref.losses) == 3
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_1(rec):
+        if rec["epoch"] == 1:
+            raise Killed
+
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        pretrain(simclr["data"], out=run, on_epoch=kill_after_epoch_1, **opts)
+
+    def no_kmeans(*a, **k):
+        raise AssertionError("a resumed run ran k-means again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pt.SelfSupervisedTrainer, "init_clusters", no_kmeans)
+        res = pretrain(resume=run)
+    assert res.resumed_from == 1 and res.losses == pytest.approx(ref.losses, rel=1e-4)
+    start, trained = _weights(simclr["run"]), _weights(run)
+    changed = [k for k in start if k.endswith("weight") and not torch.allclose(start[k], trained[k])]
+    assert changed and (all(k.startswith("blocks.") for k in changed) if unfreeze else "stem.0.weight" in changed)
+    st = torch.load(str(run / "checkpoints" / "last.pt"), weights_only=True)
+    assert st["model"]["head.weight"].shape[0] == 3 and "head.centre" in st["model"]
+    from imgclass.learning.cluster import cluster
+
+    photos = sorted(str(p) for p in Path(simclr["data"]).rglob("*") if p.is_file())
+    assert cluster(photos, features=str(run), seed=0).k == 3  # the run's --clusters
+
+
+@pytest.mark.parametrize("case", ["random", "no_k", "share"])
+def test_selflabel_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case):
+    run = str(simclr["run"])
+    opts, expected = {
+        "random": ({"backbone": "smallcnn", "clusters": 3}, "takes its first clusters from k-means with the features "
+                   "of smallcnn, which needs trained weights"),
+        "no_k": ({"backbone": run}, "--clusters None: --method selflabel needs the number of clusters"),
+        "share": ({"backbone": run, "clusters": 3, "confident": 0.0}, "--confident 0.0: give the share"),
+    }[case]
+    with pytest.raises(ConfigError, match=expected):
+        pretrain(simclr["data"], method="selflabel", out=tmp_path / "run", **{**FAST, **opts})
     assert not (tmp_path / "run").exists()
 
 

@@ -588,14 +588,15 @@ def _key(src: ImageSource) -> str:
 
 # --------------------------------------------------------------------------- the function
 def _scan_clusters(features: str) -> int | None:
-    """The number of clusters a ``pretrain --method scan`` run in ``features`` was trained for, else None."""
+    """The number of clusters a ``pretrain --method scan`` or ``selflabel`` run in ``features`` was trained
+    for, else None."""
     from ..features.backbones import pretrained_dir, read_pretrained_dir
 
     folder = pretrained_dir(features)
     if folder is None:
         return None
     info = read_pretrained_dir(folder)
-    return int(info["config"]["clusters"]) if info.get("method") == "scan" else None
+    return int(info["config"]["clusters"]) if info.get("method") in ("scan", "selflabel") else None
 
 
 def _as_dataset(data) -> ImageDataset:
@@ -734,7 +735,7 @@ def cluster(data: ImageDataset | str | os.PathLike | Sequence[str], features: st
                          f"{'BIC' if algo == 'gmm' else 'silhouette'})")
         elif scan_k := _scan_clusters(features):
             k = scan_k
-            notes.append(f"k = {k}: the --clusters of the SCAN run {features} (use --k auto to choose it by "
+            notes.append(f"k = {k}: the --clusters of the pretrain run {features} (use --k auto to choose it by "
                          f"{'BIC' if algo == 'gmm' else 'silhouette'})")
         else:
             k = "auto"

@@ -1,4 +1,5 @@
-"""Self-supervised pretraining of a backbone on unlabelled images: SimCLR, BYOL and rotation prediction.
+"""Self-supervised pretraining of a backbone on unlabelled images: SimCLR, BYOL, rotation prediction,
+and clustering objectives (SCAN and its self-labelling step).
 
 ``pretrain("photos/", method="simclr", backbone="smallcnn", out="runs/simclr")`` decodes the images
 once (class sub-folders, if any, are ignored), trains the backbone without labels and writes
@@ -19,10 +20,16 @@ everywhere one is accepted: ``--method runs/simclr+logreg`` (linear probe on fro
   learn to put an image and a random neighbour, each as a random view, in the same cluster with
   confidence, while the batch's mean prediction keeps its entropy (``entropy_weight``) so no cluster
   is left empty. The features come out grouped by cluster: ``imgclass cluster --features runs/scan``.
+- **selflabel** (SCAN's self-labelling step): starting from trained features (usually a SCAN run),
+  k-means splits the images into ``clusters``; a cosine classifier starts at its centroids. Each
+  epoch every image goes to its most probable cluster, the ``confident`` share of each cluster with
+  the highest probability is kept, and the backbone and classifier learn to give those clusters to
+  random augmented views, each cluster weighted by the inverse of its size. Confident, mostly right
+  clusters teach the network what the uncertain images have in common with them.
 
 The features are taken before the heads (globally pooled backbone output).
 
-**Domain adaptation** (``unfreeze=N``, SimCLR and SCAN): starting from ``NAME@imagenet`` or an earlier run,
+**Domain adaptation** (``unfreeze=N``, SimCLR, SCAN and self-labelling): starting from ``NAME@imagenet`` or an earlier run,
 only the last ``N`` blocks and the heads train. The frozen trunk runs once over a bank of ``view_bank``
 augmented views per image (``_view_bank``), and each step pairs two different cached views of each
 image (SCAN: a cached view of an image and one of a neighbour). This is how ImageNet features are
@@ -70,10 +77,14 @@ from .._util import ConfigDict, atomic_path, atomic_write_bytes, atomic_write_js
 from ..errors import ConfigError, DataError
 from ..training.engine import TrainData, Trainer
 
-METHODS = ("simclr", "byol", "rotation", "scan")
-BANK_METHODS = ("simclr", "scan")  # the objectives that train on pairs of cached views with --unfreeze
-#: the objectives that start from trained features (SCAN mines its neighbours with them)
-NEEDS_WEIGHTS = ("scan",)
+METHODS = ("simclr", "byol", "rotation", "scan", "selflabel")
+#: the objectives that train on cached views with --unfreeze
+BANK_METHODS = ("simclr", "scan", "selflabel")
+#: the objectives that start from trained features (SCAN mines its neighbours with them, self-labelling
+#: takes its first clusters from them)
+NEEDS_WEIGHTS = ("scan", "selflabel")
+#: the objectives that split the images into --clusters groups (and also cache the plain images in the bank)
+CLUSTER_METHODS = ("scan", "selflabel")
 #: a run's view bank (``--unfreeze``), in its ``checkpoints/``; reused by ``--resume`` and by runs started from it
 BANK_FILE = "view_bank.safetensors"
 
@@ -84,6 +95,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "rotation": {"crop_scale": 0.5},
     # SCAN's recipe (Van Gansbeke et al. 2020): a small rate for the backbone, ten times more for the heads
     "scan": {"lr": 1e-3, "backbone_lr_scale": 0.1},
+    # SCAN's self-labelling step: the same rates; a cosine classifier at temperature 0.1
+    "selflabel": {"lr": 1e-3, "backbone_lr_scale": 0.1, "temperature": 0.1},
 }
 
 
@@ -118,6 +131,7 @@ class PretrainConfig(ConfigDict):
     neighbors: int = 20  # scan: nearest neighbours (in the starting features) each image must agree with
     entropy_weight: float = 5.0  # scan: weight of the spread-over-all-clusters term
     heads: int = 5  # scan: cluster heads trained side by side on the shared backbone
+    confident: float = 0.5  # selflabel: share of each cluster (its most confident images) trained on per epoch
     seed: int = 0
     threads: int | None = None
 
@@ -138,14 +152,17 @@ class PretrainConfig(ConfigDict):
             if self.unfreeze < 1:
                 raise ConfigError(f"--unfreeze {self.unfreeze}: give the number of last blocks to train (at least 1)")
             if self.method not in BANK_METHODS:
-                raise ConfigError(f"--unfreeze trains on cached views, which only simclr and scan use; drop "
-                                  f"--unfreeze or use --method simclr or scan (not {self.method})")
+                raise ConfigError(f"--unfreeze trains on cached views, which only simclr, scan and selflabel use; "
+                                  f"drop --unfreeze or use one of those methods (not {self.method})")
             if self.view_bank < 2:
                 raise ConfigError(f"--view-bank {self.view_bank}: give at least 2 views per image (a step pairs two)")
+        if self.method in CLUSTER_METHODS and (self.clusters is None or self.clusters < 2):
+            raise ConfigError(f"--clusters {self.clusters}: --method {self.method} needs the number of clusters to "
+                              "find (at least 2), e.g. --clusters 10")
+        if self.method == "selflabel" and not 0 < self.confident <= 1:
+            raise ConfigError(f"--confident {self.confident}: give the share of each cluster to train on, in (0, 1] "
+                              "(e.g. 0.5)")
         if self.method == "scan":
-            if self.clusters is None or self.clusters < 2:
-                raise ConfigError(f"--clusters {self.clusters}: --method scan needs the number of clusters to find "
-                                  "(at least 2), e.g. --clusters 10")
             if self.neighbors < 1 or self.heads < 1 or self.entropy_weight < 0:
                 raise ConfigError(f"--neighbors {self.neighbors} / heads {self.heads} / --entropy-weight "
                                   f"{self.entropy_weight}: give at least 1 neighbour and 1 head, and a weight >= 0")
@@ -326,9 +343,34 @@ def _cluster_heads(d: int, k: int, heads: int):
     return ClusterHeads()
 
 
+def _cosine_classifier(d: int, k: int, temperature: float):
+    """Self-labelling's head: ``k`` class directions; logits = cosine(feature - centre, direction) /
+    ``temperature``. The centre is the mean feature of the images (a buffer, set with the directions
+    from k-means in ``SelfSupervisedTrainer.init_clusters`` and again at each ``relabel``): pooled
+    post-ReLU features all point into the same orthant, so uncentred cosines are all near 1 and the
+    argmax would flip to one cluster at the first small change of the backbone. Its argmax is then the
+    nearest centroid by cosine in centred features, as ``imgclass cluster`` (L2, PCA) assigns. timm and
+    torchvision have no cosine classifier layer, hence this one."""
+    import torch
+    from torch import nn
+
+    class CosineClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(k, d) / math.sqrt(d))
+            self.register_buffer("centre", torch.zeros(d))
+
+        def forward(self, f):
+            import torch.nn.functional as F
+
+            return F.normalize(f - self.centre, dim=-1) @ F.normalize(self.weight, dim=-1).T / temperature
+
+    return CosineClassifier()
+
+
 def _ssl_net(backbone, cfg: PretrainConfig):
-    """backbone (pooled features) → head: projection (simclr, byol), 4-way rotation classifier or SCAN's
-    cluster heads; BYOL adds a predictor after the projection."""
+    """backbone (pooled features) → head: projection (simclr, byol), 4-way rotation classifier, SCAN's
+    cluster heads or self-labelling's cosine classifier; BYOL adds a predictor after the projection."""
     import torch
     from torch import nn
 
@@ -337,8 +379,12 @@ def _ssl_net(backbone, cfg: PretrainConfig):
             super().__init__()
             d = backbone.num_features
             self.backbone = backbone
-            self.head = (_cluster_heads(d, cfg.clusters, cfg.heads) if cfg.method == "scan"
-                         else _mlp(d, cfg.hidden_dim, 4 if cfg.method == "rotation" else cfg.proj_dim))
+            if cfg.method == "scan":
+                self.head = _cluster_heads(d, cfg.clusters, cfg.heads)
+            elif cfg.method == "selflabel":
+                self.head = _cosine_classifier(d, cfg.clusters, cfg.temperature)
+            else:
+                self.head = _mlp(d, cfg.hidden_dim, 4 if cfg.method == "rotation" else cfg.proj_dim)
             self.predictor = _mlp(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim) if cfg.method == "byol" else None
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,13 +420,21 @@ class SelfSupervisedTrainer(Trainer):
                          on_epoch=on_epoch, pretrained=tail is not None or cfg.method in NEEDS_WEIGHTS)
         self.ssl, self.tail = cfg, tail
         self.neighbors = None  # scan: (n, k) nearest neighbours of each image, set before fit()
+        self.truth = None  # selflabel: known labels, only to report how right the confident clusters are
+        self.picked: dict[str, float] = {}  # selflabel: what relabel() reported at the start of the epoch
+        self.targets = self.weights = None  # selflabel: this epoch's cluster per image (-1: not trained on)
         self.total_steps = cfg.epochs * max(1, len(x) // cfg.batch_size)
+        if cfg.method == "selflabel":  # an epoch trains on the confident share only: the schedule spans those steps
+            self.steps_per_epoch = max(1, int(cfg.confident * len(x)) // min(cfg.batch_size, len(x)))
+            self._build_optimizer(self.phase)
         self.views = None if tail is not None else ViewAugment(
             self.g, cfg.view_size or default_view_size(x.shape[-1]), cfg.crop_scale, cfg.jitter, cfg.p_jitter,
             cfg.p_gray, cfg.hflip)
 
     def _score(self) -> dict[str, float]:
-        return {}  # no labels: nothing to validate on (the linear probe is the judge)
+        # no labels: nothing to validate on (the linear probe is the judge); self-labelling records the
+        # share of confident images it trained on this epoch (and, with known labels, how right they were)
+        return dict(self.picked) if self.ssl.method == "selflabel" and self.picked else {}
 
     def features(self, batch_size: int = 256):
         """Pooled backbone features of every image as it is (the plain cached view with a bank), averaged
@@ -407,6 +461,79 @@ class SelfSupervisedTrainer(Trainer):
                 out.append(f)
         return torch.cat(out)
 
+    def init_clusters(self) -> np.ndarray:
+        """Self-labelling's start: k-means (``imgclass cluster``'s defaults: L2, PCA 50, k-means++ with 10
+        restarts) on the starting features; the classifier's directions are the clusters' mean normalised
+        features. Returns the clusters."""
+        import torch
+        import torch.nn.functional as F
+        from sklearn.cluster import KMeans
+        from sklearn.decomposition import PCA
+
+        feats = self.features().float()
+        f = F.normalize(feats, dim=1)
+        k = self.ssl.clusters
+        z = f.numpy().astype(np.float64)
+        if min(z.shape) > 50:
+            z = PCA(50, random_state=self.ssl.seed).fit_transform(z)
+        labels = KMeans(k, n_init=10, random_state=self.ssl.seed).fit_predict(z)
+        head = self.model.head
+        with torch.no_grad():
+            head.centre.copy_(feats.mean(0))
+            fc = F.normalize(feats - head.centre, dim=1)
+            head.weight.copy_(torch.stack([fc[torch.from_numpy(labels == c)].mean(0) if (labels == c).any()
+                                           else fc[c] for c in range(k)]))
+        return labels
+
+    def relabel(self) -> dict[str, float]:
+        """Self-labelling's targets for the next epoch: every image goes to its most probable cluster (the
+        network as it is now, on the image as it is and mirrored); the ``confident`` share of each cluster
+        with the highest probability is trained on, each cluster weighted by the inverse of its count so
+        a growing cluster cannot swallow the others (SCAN's class-balanced self-labelling)."""
+        import torch
+
+        self.model.eval()
+        with torch.no_grad():
+            feats = self.features()
+            self.model.head.centre.copy_(feats.mean(0))  # the backbone moved: centre its features again
+            p = self.model.head(feats).softmax(1)
+        conf, assigned = p.max(1)
+        k, n = self.ssl.clusters, len(p)
+        targets = torch.full((n,), -1, dtype=torch.long)
+        for c in range(k):
+            members = torch.nonzero(assigned == c).flatten()
+            if len(members):
+                keep = max(1, int(round(self.ssl.confident * len(members))))
+                top = members[torch.argsort(conf[members], descending=True, stable=True)[:keep]]
+                targets[top] = c
+        counts = torch.bincount(targets[targets >= 0], minlength=k).float()
+        self.targets = targets
+        self.weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp_min(1)), torch.zeros(k))
+        picked = targets >= 0
+        rec = {"confident": float(picked.float().mean()), "clusters_used": float((counts > 0).sum()),
+               "mean_confidence": float(conf[picked].mean())}
+        t = None if self.truth is None else np.asarray(self.truth)
+        if t is not None and (t >= 0).all():
+            from .cluster import cluster_accuracy
+
+            rec["confident_accuracy"] = cluster_accuracy(t[picked.numpy()], targets[picked].numpy())
+        return rec
+
+    def _selflabel_loss(self, xb, idx):
+        """Self-labelling: cross-entropy between the cluster picked for each confident image (on the
+        image as it is) and the classifier's output on a random augmented view of it."""
+        import torch
+        import torch.nn.functional as F
+
+        net, b = self.model, len(xb)
+        if self.tail is not None:  # an augmented cached view (not the plain or mirrored slots)
+            pick = torch.randint(0, self.ssl.view_bank, (b,), generator=self.g)
+            v = xb[torch.arange(b), pick].float().contiguous(memory_format=torch.channels_last)
+            logits = net.head(self.tail(v))
+        else:
+            logits = net(self._normalize(self.views(xb)))
+        return F.cross_entropy(logits, self.targets[idx], weight=self.weights)
+
     def _scan_loss(self, xb, idx):
         """SCAN: each image and one of its mined neighbours, each as a random view, through the backbone
         and the cluster heads; the mean of the heads' losses."""
@@ -431,6 +558,8 @@ class SelfSupervisedTrainer(Trainer):
         net, b = self.model, len(xb)
         if self.ssl.method == "scan":
             return self._scan_loss(xb, idx)
+        if self.ssl.method == "selflabel":
+            return self._selflabel_loss(xb, idx)
         if self.tail is not None:  # two different cached views of each image
             first = torch.randint(0, xb.shape[1], (b,), generator=self.g)
             second = (first + torch.randint(1, xb.shape[1], (b,), generator=self.g)) % xb.shape[1]
@@ -457,12 +586,19 @@ class SelfSupervisedTrainer(Trainer):
     def _train_epoch(self, bar) -> float:
         torch = self.torch
         cfg = self.cfg
-        self.model.train()
         n = len(self.train.x)
         order = torch.randperm(n, generator=self.g)
-        bs = min(cfg.batch_size, n)
+        if self.ssl.method == "selflabel":  # only the confident images, picked again each epoch
+            self.picked = self.relabel()
+            self.log(f"self-labelling: {self.picked['confident']:.0%} of the images in "
+                     f"{self.picked['clusters_used']:.0f} clusters" + (
+                         f", {self.picked['confident_accuracy']:.3f} right under the best cluster-to-class "
+                         "matching (labels not used)" if "confident_accuracy" in self.picked else ""))
+            order = order[self.targets[order] >= 0]
+        self.model.train()
+        bs = min(cfg.batch_size, len(order))
         total, count = 0.0, 0
-        for s in range(0, n - bs + 1, bs):  # drop the last partial batch: fewer negatives, noisier loss
+        for s in range(0, len(order) - bs + 1, bs):  # drop the last partial batch: fewer negatives, noisier loss
             idx = order[s:s + bs]
             loss = self._loss(self.train.x[idx], idx)
             if not torch.isfinite(loss):
@@ -593,9 +729,10 @@ def pretrain(data: Any = None, method: str | None = None, backbone: str | None =
                               f"which needs trained weights: use --backbone {cfg.backbone}@imagenet or an earlier "
                               "pretrain run")
         if cfg.method in NEEDS_WEIGHTS:
-            raise ConfigError(f"--method {cfg.method} finds each image's neighbours with the features of "
-                              f"{cfg.backbone}, which needs trained weights: use --backbone {cfg.backbone}@imagenet "
-                              "or an earlier pretrain run (e.g. --method simclr)")
+            what = "finds each image's neighbours" if cfg.method == "scan" else "takes its first clusters from k-means"
+            raise ConfigError(f"--method {cfg.method} {what} with the features of {cfg.backbone}, which needs trained "
+                              f"weights: use --backbone {cfg.backbone}@imagenet or an earlier pretrain run (e.g. "
+                              f"--method {'simclr' if cfg.method == 'scan' else 'scan'})")
     ds = data if isinstance(data, ImageDataset) else load_dataset(data)
     name = Path(os.fspath(data)).name if not isinstance(data, ImageDataset) else ds.name
     run = RunDir.create(out, hint=f"{name}-{method}-{Path(cfg.backbone).name}")
@@ -689,6 +826,18 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
                                     on_epoch=record, tail=tail)
     if cfg.method == "scan":
         trainer.neighbors = _neighbors(run, trainer, cfg, truth, resume, log)
+    if cfg.method == "selflabel":
+        trainer.truth = truth
+        if not (resume and (ckpt / "last.pt").exists()):  # a resumed run takes its classifier from the checkpoint
+            labels = trainer.init_clusters()
+            line = f"self-labelling starts from k-means into {cfg.clusters} clusters of the starting features"
+            if truth is not None and (truth >= 0).all():
+                from .cluster import clustering_metrics
+
+                m = clustering_metrics(np.asarray(truth), labels)
+                line += f" (ACC {m['acc']:.3f}, NMI {m['nmi']:.3f} against the known labels, not used)"
+            log(line)
+            run.log(line)
     resumed_from = None
     if resume:
         if (ckpt / "last.pt").exists():
@@ -732,8 +881,9 @@ def _view_bank(net, x, cfg: PretrainConfig, bcfg, log, keep: Path | None = None,
                           f"{cfg.backbone} (fewer blocks, or an architecture without named blocks); lower "
                           "--unfreeze or drop it to train the whole backbone")
     trunk, tail = split
-    # SCAN also sees (and mines its neighbours on) the images as they are, and mirrored unless --no-hflip
-    plain = (1 + cfg.hflip) * (cfg.method == "scan")
+    # SCAN and self-labelling also see (and mine their neighbours or pick their confident images on) the
+    # images as they are, and mirrored unless --no-hflip
+    plain = (1 + cfg.hflip) * (cfg.method in CLUSTER_METHODS)
     slots = cfg.view_bank + plain
     key = _bank_key(trunk, x, cfg, slots)
     for folder in reuse:
