@@ -1,7 +1,9 @@
 """Clustering (issue 6): imgclass.learning.cluster against plain scikit-learn baselines in the same run.
 
     .venv/bin/python bench/cluster.py [CIFAR_VAL] [--skip-cifar] [--skip-digits] [--seed N]
-                                      [--adapt EPOCHS [--adapt-dir DIR] [--scan EPOCHS [--scan-rounds R] [--scan-dir DIR]]]
+                                      [--adapt EPOCHS [--adapt-dir DIR]] [--scan EPOCHS [--scan-rounds R] [--scan-dir DIR]
+                                       [--scan-from adapted|imagenet] [--selflabel EPOCHS [--selflabel-dir DIR]
+                                       [--confident F]]]
 
 * cifar10-12k val (2,000 images, 10 classes), lite0 embeddings (cached on disk), defaults
   (L2 -> PCA 50 -> k-means, k=10). Target: ACC >= 0.70 and NMI >= 0.60. Baseline: k-means on the raw
@@ -11,7 +13,9 @@
 * ``--adapt EPOCHS``: the same val clustering on lite0 adapted without labels by SimCLR on train (last
   2 blocks); ``--scan EPOCHS``: then on the adapted lite0 trained further by SCAN on train (mined
   neighbours, cluster heads), ``--scan-rounds R`` times, each round mining its neighbours again in the
-  previous round's features. ``--adapt-dir`` / ``--scan-dir`` keep the runs and reuse them.
+  previous round's features (``--scan-from imagenet``: the first round starts from the ImageNet weights,
+  no SimCLR step); ``--selflabel EPOCHS``: then SCAN's self-labelling step on the last round.
+  ``--adapt-dir`` / ``--scan-dir`` / ``--selflabel-dir`` keep the runs and reuse them.
 * scikit-learn digits written as PNGs to a temporary folder, HOG features, defaults, k-means k=10.
   Target: ARI >= 0.60. Baseline: scikit-learn's own example (StandardScaler + k-means++, n_init=4,
   on the raw 8x8 values; 0.48-0.56 ARI in its docs).
@@ -132,8 +136,8 @@ def bench_adapted(root: Path, train: Path, epochs: int, keep: Path | None, seed:
                        method="simclr", backbone="lite0@imagenet", lr=1e-3)
 
 
-def bench_scan(root: Path, train: Path, start: Path, epochs: int, keep: Path | None, seed: int,
-               rnd: int = 1) -> tuple[list[dict], dict]:
+def bench_scan(root: Path, train: Path, start: Path | str, epochs: int, keep: Path | None, seed: int,
+               rnd: int = 1, first: str = "adapted by SimCLR") -> tuple[list[dict], dict]:
     """SCAN on top of the adapted lite0 (or of the previous round's SCAN run): neighbours mined in its
     features on cifar10-12k train (labels ignored), then the last 2 blocks and 5 cluster heads trained
     to agree with them on a bank of 5 cached views plus the images as they are and mirrored
@@ -141,8 +145,20 @@ def bench_scan(root: Path, train: Path, start: Path, epochs: int, keep: Path | N
     --img-size 128``, crop scale 0.3); then the same clustering of val on its embeddings. A new round
     mines its neighbours again in the features SCAN improved."""
     name = "lite0-scan" + (str(rnd) if rnd > 1 else "")
-    label = f"adapted by SimCLR, then SCAN{f' x {rnd} rounds' if rnd > 1 else ''} on train (no labels)"
+    label = f"{first}, then SCAN{f' x {rnd} rounds' if rnd > 1 else ''} on train (no labels)"
     return _pretrained(root, train, keep, name, label, epochs, seed, method="scan", backbone=str(start), clusters=10)
+
+
+def bench_selflabel(root: Path, train: Path, start: Path, epochs: int, keep: Path | None, seed: int,
+                    confident: float) -> tuple[list[dict], dict]:
+    """SCAN's self-labelling step on top of the last SCAN round: k-means of its features on cifar10-12k
+    train (labels ignored) sets a cosine classifier; each epoch the most confident ``confident`` share of
+    each cluster trains the last 2 blocks and the classifier on the cached views (``imgclass pretrain
+    TRAIN --method selflabel --backbone SCAN_RUN --clusters 10 --unfreeze 2 --view-bank 5 --img-size
+    128``, crop scale 0.3); then the same clustering of val on its embeddings."""
+    return _pretrained(root, train, keep, "lite0-selflabel", f"SCAN rounds, then self-labelling ({confident:g} "
+                       "per cluster) on train (no labels)", epochs, seed, method="selflabel", backbone=str(start),
+                       clusters=10, confident=confident)
 
 
 def bench_digits(seed: int) -> tuple[list[dict], dict]:
@@ -191,6 +207,13 @@ def main() -> None:
                     help="keep the SCAN backbone here, round R's in DIR<R> (each reused when it exists)")
     ap.add_argument("--scan-rounds", type=int, default=1, metavar="R",
                     help="SCAN rounds, each starting from (and mining its neighbours with) the previous one")
+    ap.add_argument("--scan-from", choices=("adapted", "imagenet"), default="adapted",
+                    help="SCAN's first round starts from the SimCLR-adapted lite0 (default) or straight from ImageNet")
+    ap.add_argument("--selflabel", type=int, default=0, metavar="EPOCHS",
+                    help="then SCAN's self-labelling step on the last SCAN round for EPOCHS epochs")
+    ap.add_argument("--selflabel-dir", type=Path, help="keep the self-labelling run here (reused when it exists)")
+    ap.add_argument("--confident", type=float, default=0.5,
+                    help="self-labelling: share of each cluster trained on per epoch (default 0.5)")
     args = ap.parse_args()
 
     rows, result = [], {"command": "python bench/cluster.py " + " ".join(sys.argv[1:]), "seed": args.seed}
@@ -208,24 +231,36 @@ def main() -> None:
         m = c["metrics"]
         checks.append(("cifar10-12k val lite0 ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
         checks.append(("cifar10-12k val lite0 NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
-    if args.adapt or args.adapt_dir:
+    from_imagenet = args.scan_from == "imagenet" and (args.scan or args.scan_dir)
+    if args.adapt or args.adapt_dir or from_imagenet:
         root = dataset_path("cifar10-12k/val", args.cifar)
-        r, a = bench_adapted(root, root.parent / "train", args.adapt or 20, args.adapt_dir, args.seed)
-        rows += r
-        result["cifar_adapted"] = a
-        m = a["metrics"]
-        checks.append(("cifar10-12k val adapted lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
-        checks.append(("cifar10-12k val adapted lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
-        start = Path(a["run"])
+        if from_imagenet:  # SCAN straight from the ImageNet weights: no SimCLR step
+            start, first = "lite0@imagenet", "ImageNet"
+        else:
+            r, a = bench_adapted(root, root.parent / "train", args.adapt or 20, args.adapt_dir, args.seed)
+            rows += r
+            result["cifar_adapted"] = a
+            m = a["metrics"]
+            checks.append(("cifar10-12k val adapted lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
+            checks.append(("cifar10-12k val adapted lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
+            start, first = Path(a["run"]), "adapted by SimCLR"
         for rnd in range(1, (args.scan_rounds if args.scan or args.scan_dir else 0) + 1):
             keep = (args.scan_dir if rnd == 1 else Path(f"{args.scan_dir}{rnd}")) if args.scan_dir else None
-            r, sc = bench_scan(root, root.parent / "train", start, args.scan or 6, keep, args.seed, rnd)
+            r, sc = bench_scan(root, root.parent / "train", start, args.scan or 6, keep, args.seed, rnd, first)
             rows += r
             result["cifar_scan" + (f"_round{rnd}" if rnd > 1 else "")] = sc
             start = Path(sc["run"])
             m = sc["metrics"]
             checks.append((f"cifar10-12k val SCAN (round {rnd}) lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
             checks.append((f"cifar10-12k val SCAN (round {rnd}) lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
+        if args.selflabel or args.selflabel_dir:
+            r, sl = bench_selflabel(root, root.parent / "train", start, args.selflabel or 10, args.selflabel_dir,
+                                    args.seed, args.confident)
+            rows += r
+            result["cifar_selflabel"] = sl
+            m = sl["metrics"]
+            checks.append(("cifar10-12k val self-labelled lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
+            checks.append(("cifar10-12k val self-labelled lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
     print(table(rows, ["method", "dataset", "ACC", "NMI", "ARI", "seconds"], "clustering: imgclass vs baselines"))
     print()
     for what, value, ok in checks:
