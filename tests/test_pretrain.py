@@ -48,6 +48,21 @@ def _epochs(run) -> list[int]:
     return [json.loads(line)["epoch"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
+class Killed(Exception):
+    """Raised after epoch 1 by ``_run_killed_after_epoch_1``: the run stops like an interrupted process."""
+
+
+def _run_killed_after_epoch_1(data, run, **opts) -> None:
+    """Start ``pretrain(data, out=run, **opts)`` and stop it once epoch 1 is checkpointed and logged."""
+
+    def kill_after_epoch_1(rec):
+        if rec["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        pretrain(data, out=run, on_epoch=kill_after_epoch_1, **opts)
+
+
 @pytest.fixture(scope="module")
 def simclr(tmp_path_factory):
     """One 3-epoch SimCLR run (shared read-only); the folders have capitals to check that case is kept."""
@@ -175,16 +190,8 @@ def test_resume_continues_after_the_last_finished_epoch_exactly(tmp_path):
     opts = {**FAST, "epochs": 3}
     ref = pretrain(data, out=tmp_path / "ref", **opts)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_1(rec):
-        if rec["epoch"] == 1:
-            raise Killed
-
     run = tmp_path / "run"
-    with pytest.raises(Killed):
-        pretrain(data, out=run, on_epoch=kill_after_epoch_1, **opts)
+    _run_killed_after_epoch_1(data, run, **opts)
     assert torch.load(str(run / "checkpoints" / "last.pt"), weights_only=True)["epoch"] == 1
     assert not (run / "backbone.json").exists()
     with pytest.raises(ConfigError, match="has not finished.*--resume"):
@@ -289,17 +296,9 @@ def test_scan_trains_cluster_heads_to_agree_with_mined_neighbours_and_resumes_wi
             **({"unfreeze": 1, "view_bank": 3} if unfreeze else {})}
     ref = pretrain(simclr["data"], out=tmp_path / "ref", **opts)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_1(rec):
-        if rec["epoch"] == 1:
-            raise Killed
-
     lines: list[str] = []
     run = tmp_path / "run"
-    with pytest.raises(Killed):
-        pretrain(simclr["data"], out=run, on_epoch=kill_after_epoch_1, log=lines.append, **opts)
+    _run_killed_after_epoch_1(simclr["data"], run, log=lines.append, **opts)
     nb = np.load(run / "checkpoints" / "neighbors.npy")
     assert nb.shape == (24, 4) and (nb != np.arange(24)[:, None]).all()
     agreement = [m for m in lines if m.startswith("neighbours: 4 per image")]
@@ -392,16 +391,8 @@ def test_selflabel_starts_from_kmeans_trains_on_its_confident_clusters_and_resum
     assert [r["confident"] for r in recs] == [0.5] * 3 and all(r["clusters_used"] == 3 for r in recs)
     assert all(np.isfinite(ref.losses)) and len(ref.losses) == 3
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_1(rec):
-        if rec["epoch"] == 1:
-            raise Killed
-
     run = tmp_path / "run"
-    with pytest.raises(Killed):
-        pretrain(simclr["data"], out=run, on_epoch=kill_after_epoch_1, **opts)
+    _run_killed_after_epoch_1(simclr["data"], run, **opts)
 
     def no_kmeans(*a, **k):
         raise AssertionError("a resumed run ran k-means again")
