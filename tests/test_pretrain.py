@@ -412,7 +412,7 @@ def test_selflabel_starts_from_kmeans_trains_on_its_confident_clusters_and_resum
     assert cluster(photos, features=str(run), seed=0).k == 3  # the run's --clusters
 
 
-@pytest.mark.parametrize("case", ["random", "no_k", "share"])
+@pytest.mark.parametrize("case", ["random", "no_k", "share", "too_many"])
 def test_selflabel_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case):
     run = str(simclr["run"])
     opts, expected = {
@@ -420,10 +420,12 @@ def test_selflabel_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, cas
                    "of smallcnn, which needs trained weights"),
         "no_k": ({"backbone": run}, "--clusters None: --method selflabel needs the number of clusters"),
         "share": ({"backbone": run, "clusters": 3, "confident": 0.0}, "--confident 0.0: give the share"),
+        "too_many": ({"backbone": run, "clusters": 30}, "--clusters 30: Colours has only 24 readable images; "
+                     "choose at most 24"),
     }[case]
     with pytest.raises(ConfigError, match=expected):
         pretrain(simclr["data"], method="selflabel", out=tmp_path / "run", **{**FAST, **opts})
-    assert not (tmp_path / "run").exists()
+    assert (tmp_path / "run").exists() == (case == "too_many")  # that one is known once the images are read
 
 
 # --------------------------------------------------------------------------- the run directory as a backbone
@@ -498,7 +500,7 @@ def test_cli_pretrains_resumes_a_finished_run_without_training_and_prints_json(t
 
 
 @pytest.mark.parametrize("case", ["empty", "method", "resume", "spec", "backbone", "not_pretrain", "unfreeze",
-                                  "view_bank", "scan"])
+                                  "view_bank", "scan", "selflabel"])
 def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     data = write_colour_dataset(tmp_path / "data", n_per_class=2, size=16)
@@ -515,6 +517,8 @@ def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch,
         "unfreeze": (["pretrain", str(data), "--unfreeze", "1"], "needs trained weights"),
         "view_bank": (["pretrain", str(data), "--unfreeze", "1", "--view-bank", "1"], "--view-bank 1: give at least 2"),
         "scan": (["pretrain", str(data), "--method", "scan", "--clusters", "3"], "finds each image's neighbours"),
+        "selflabel": (["pretrain", str(data), "--method", "selflabel", "--clusters", "3"],
+                      "takes its first clusters from k-means"),
     }[case]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

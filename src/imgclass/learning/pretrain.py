@@ -810,6 +810,9 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
         run.log(f"skipped {len(skipped)} unreadable images: " + "; ".join(f"{p}: {r}" for p, r in skipped[:50]))
     if len(x) < 2:
         raise DataError(f"{ds.name}: fewer than two readable images; self-supervised pretraining needs many")
+    if cfg.method in CLUSTER_METHODS and cfg.clusters > len(x):
+        raise ConfigError(f"--clusters {cfg.clusters}: {ds.name} has only {len(x)} readable images; choose at most "
+                          f"{len(x)}")
 
     def record(rec):
         run.log_metrics({"split": "train", **rec})
