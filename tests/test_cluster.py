@@ -15,7 +15,7 @@ from conftest import run_cli as _run
 
 import imgclass
 from imgclass.errors import ConfigError, DataError
-from imgclass.learning.cluster import ALGORITHMS, SELF_K, cluster, cluster_accuracy
+from imgclass.learning.cluster import ALGORITHMS, SELF_K, cluster, cluster_accuracy, cluster_features
 
 FOUR = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200), "yellow": (210, 210, 30)}
 FAST = {"features": "color_hist", "n_jobs": 1}
@@ -68,6 +68,14 @@ def test_kmeans_recovers_colour_classes(kmeans3, colours):
     for c in range(3):
         assert len(res.top_labels(c)) == 1 and res.top_labels(c)[0][1] == 1.0
     assert res.cluster_centers_.shape == (3, res.embedding_.shape[1])
+
+
+def test_cluster_features_gives_the_clusters_of_cluster_on_rows_already_computed(kmeans3):
+    """What self-labelling starts from: the same L2 -> PCA -> k-means as ``cluster`` on feature rows."""
+    X = kmeans3._pipeline.features(list(kmeans3.sources)).X
+    assert cluster_accuracy(kmeans3.labels_, cluster_features(X, 3, seed=0)) == 1.0  # cluster() renumbers by size
+    other = cluster(kmeans3.sources, algo="kmeans", k=2, dims=5, seed=1, **FAST)
+    assert cluster_accuracy(other.labels_, cluster_features(X, 2, dims=5, seed=1)) == 1.0
 
 
 def test_k_defaults_to_the_number_of_classes(colours):

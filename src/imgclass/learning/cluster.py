@@ -207,6 +207,15 @@ def _fit_labels(algo: str, k: int | None, Z: np.ndarray, seed: int, params: dict
     return np.asarray(labels, dtype=np.int64), est
 
 
+def cluster_features(F: np.ndarray, k: int, algo: str = "kmeans", dims: int | None = 50, seed: int = 0) -> np.ndarray:
+    """Cluster ids of feature rows ``F`` as ``cluster`` computes them with its defaults (L2, PCA to
+    ``dims``, ``algo`` into ``k``), for callers that already hold the features (self-labelling's start)."""
+    Z = np.asarray(F, dtype=np.float64)
+    for _, step in _reduce_steps(Z, "pca", dims, False, True, seed, []):
+        Z = step.transform(Z)
+    return _fit_labels(algo, k, np.ascontiguousarray(Z), seed, None)[0]
+
+
 def _silhouette(Z: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
     from sklearn.metrics import silhouette_score
 

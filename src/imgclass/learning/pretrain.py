@@ -462,21 +462,17 @@ class SelfSupervisedTrainer(Trainer):
         return torch.cat(out)
 
     def init_clusters(self) -> np.ndarray:
-        """Self-labelling's start: k-means (``imgclass cluster``'s defaults: L2, PCA 50, k-means++ with 10
-        restarts) on the starting features; the classifier's directions are the clusters' mean normalised
-        features. Returns the clusters."""
+        """Self-labelling's start: k-means with ``imgclass cluster``'s defaults (``cluster.cluster_features``:
+        L2, PCA 50, k-means++ with 10 restarts) on the starting features; the classifier's directions are
+        the clusters' mean centred, normalised features. Returns the clusters."""
         import torch
         import torch.nn.functional as F
-        from sklearn.cluster import KMeans
-        from sklearn.decomposition import PCA
+
+        from .cluster import cluster_features
 
         feats = self.features().float()
-        f = F.normalize(feats, dim=1)
         k = self.ssl.clusters
-        z = f.numpy().astype(np.float64)
-        if min(z.shape) > 50:
-            z = PCA(50, random_state=self.ssl.seed).fit_transform(z)
-        labels = KMeans(k, n_init=10, random_state=self.ssl.seed).fit_predict(z)
+        labels = cluster_features(feats.numpy(), k, seed=self.ssl.seed)
         head = self.model.head
         with torch.no_grad():
             head.centre.copy_(feats.mean(0))
