@@ -600,12 +600,13 @@ def _scan_clusters(features: str) -> int | None:
     """The number of clusters a ``pretrain --method scan`` or ``selflabel`` run in ``features`` was trained
     for, else None."""
     from ..features.backbones import pretrained_dir, read_pretrained_dir
+    from .pretrain import CLUSTER_METHODS
 
     folder = pretrained_dir(features)
     if folder is None:
         return None
     info = read_pretrained_dir(folder)
-    return int(info["config"]["clusters"]) if info.get("method") in ("scan", "selflabel") else None
+    return int(info["config"]["clusters"]) if info.get("method") in CLUSTER_METHODS else None
 
 
 def _as_dataset(data) -> ImageDataset:

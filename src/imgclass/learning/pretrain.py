@@ -420,9 +420,10 @@ class SelfSupervisedTrainer(Trainer):
                          on_epoch=on_epoch, pretrained=tail is not None or cfg.method in NEEDS_WEIGHTS)
         self.ssl, self.tail = cfg, tail
         self.neighbors = None  # scan: (n, k) nearest neighbours of each image, set before fit()
-        self.truth = None  # selflabel: known labels, only to report how right the confident clusters are
+        self.truth = None  # selflabel: every image's known label, only to report how right the clusters are
         self.picked: dict[str, float] = {}  # selflabel: what relabel() reported at the start of the epoch
         self.targets = self.weights = None  # selflabel: this epoch's cluster per image (-1: not trained on)
+        self._unchanged_features = None  # selflabel: init_clusters' features, until the first relabel()
         self.total_steps = cfg.epochs * max(1, len(x) // cfg.batch_size)
         if cfg.method == "selflabel":  # an epoch trains on the confident share only: the schedule spans those steps
             self.steps_per_epoch = max(1, int(cfg.confident * len(x)) // min(cfg.batch_size, len(x)))
@@ -471,6 +472,7 @@ class SelfSupervisedTrainer(Trainer):
         from .cluster import cluster_features
 
         feats = self.features().float()
+        self._unchanged_features = feats  # the first relabel() sees the same network: no second pass
         k = self.ssl.clusters
         labels = cluster_features(feats.numpy(), k, seed=self.ssl.seed)
         head = self.model.head
@@ -489,8 +491,9 @@ class SelfSupervisedTrainer(Trainer):
         import torch
 
         self.model.eval()
+        feats, self._unchanged_features = self._unchanged_features, None
         with torch.no_grad():
-            feats = self.features()
+            feats = self.features() if feats is None else feats
             self.model.head.centre.copy_(feats.mean(0))  # the backbone moved: centre its features again
             p = self.model.head(feats).softmax(1)
         conf, assigned = p.max(1)
@@ -508,10 +511,10 @@ class SelfSupervisedTrainer(Trainer):
         picked = targets >= 0
         rec = {"confident": float(picked.float().mean()), "clusters_used": float((counts > 0).sum()),
                "mean_confidence": float(conf[picked].mean())}
-        t = None if self.truth is None else np.asarray(self.truth)
-        if t is not None and (t >= 0).all():
+        if self.truth is not None:
             from .cluster import cluster_accuracy
 
+            t = np.asarray(self.truth)
             rec["confident_accuracy"] = cluster_accuracy(t[picked.numpy()], targets[picked].numpy())
         return rec
 
@@ -799,8 +802,9 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
     pre = Preprocess(size=size, resize="crop", interpolation=bcfg.interpolation, mean=bcfg.mean, std=bcfg.std)
     x, ok, skipped = decode_to_tensor(ds.sources, pre, n_jobs=n_jobs, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                                       description="decode")
-    # known labels never train; SCAN only reports how often an image's neighbours share its label
+    # known labels never train; SCAN and self-labelling only report against them, when every image has one
     truth = ds.targets[ok] if ds.is_labelled and ds.targets.ndim == 1 else None
+    truth = truth if truth is not None and (truth >= 0).all() else None
     if skipped:
         log(f"skipped {len(skipped)} unreadable images")
         run.log(f"skipped {len(skipped)} unreadable images: " + "; ".join(f"{p}: {r}" for p, r in skipped[:50]))
@@ -830,7 +834,7 @@ def _fit(run, ds, cfg: PretrainConfig, *, n_jobs, max_pixels, resume: bool, log,
         if not (resume and (ckpt / "last.pt").exists()):  # a resumed run takes its classifier from the checkpoint
             labels = trainer.init_clusters()
             line = f"self-labelling starts from k-means into {cfg.clusters} clusters of the starting features"
-            if truth is not None and (truth >= 0).all():
+            if truth is not None:
                 from .cluster import clustering_metrics
 
                 m = clustering_metrics(np.asarray(truth), labels)
@@ -994,7 +998,7 @@ def _neighbors(run, trainer: SelfSupervisedTrainer, cfg: PretrainConfig, truth, 
     np.save(buf, nb.numpy(), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
     line = f"neighbours: {k} per image from the starting features in {time.perf_counter() - t0:.0f} s"
-    if truth is not None and (truth >= 0).all():
+    if truth is not None:
         t = torch.as_tensor(truth)
         line += f"; they share the image's label {(t[nb] == t[:, None]).float().mean().item():.3f} of the time (labels not used)"
     log(line)
