@@ -95,6 +95,13 @@ def test_views_are_seeded_in_range_and_differ_per_image():
     flat = torch.full((4, 3, 16, 16), 90, dtype=torch.uint8)
     out = ViewAugment(torch.Generator().manual_seed(4), 16, crop_scale=1.0, p_jitter=0.0, p_gray=0.0)(flat)
     assert torch.allclose(out, flat.float(), atol=1e-3)
+    # strong views: RandAugment after the crop, seeded, in range, and not the plain view
+    opts = {"crop_scale": 1.0, "p_jitter": 0.0, "p_gray": 0.0, "hflip": False}
+    plain = ViewAugment(torch.Generator().manual_seed(5), 16, **opts)(x)
+    strong = ViewAugment(torch.Generator().manual_seed(5), 16, randaugment=3, **opts)(x)
+    assert torch.equal(strong, ViewAugment(torch.Generator().manual_seed(5), 16, randaugment=3, **opts)(x))
+    assert float(strong.min()) >= 0 and float(strong.max()) <= 255
+    assert sum(not torch.allclose(strong[i], plain[i].round(), atol=1.0) for i in range(8)) >= 4
 
 
 def test_nt_xent_matches_the_definition_and_rewards_matching_pairs():
@@ -260,6 +267,8 @@ def test_view_bank_is_kept_and_reused_by_the_next_run_only_when_trunk_images_and
     assert all(np.isfinite(res.losses)) and os.path.samefile(kept, tmp_path / "second/checkpoints/view_bank.safetensors")
     with pytest.raises(AssertionError, match="the trunk ran"):  # other views: another bank
         pretrain(simclr["data"], backbone=str(first), out=tmp_path / "third", **{**opts, "crop_scale": 0.5})
+    with pytest.raises(AssertionError, match="the trunk ran"):  # strong views: another bank too
+        pretrain(simclr["data"], backbone=str(first), out=tmp_path / "third", **{**opts, "randaugment": 2})
 
     monkeypatch.setattr(frozen.ActivationCache, "compute", computed)
     (first / "checkpoints" / "junk").write_bytes(b"not a safetensors file")
@@ -500,7 +509,7 @@ def test_cli_pretrains_resumes_a_finished_run_without_training_and_prints_json(t
 
 
 @pytest.mark.parametrize("case", ["empty", "method", "resume", "spec", "backbone", "not_pretrain", "unfreeze",
-                                  "view_bank", "scan", "selflabel"])
+                                  "view_bank", "randaugment", "scan", "selflabel"])
 def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     data = write_colour_dataset(tmp_path / "data", n_per_class=2, size=16)
@@ -516,6 +525,7 @@ def test_cli_user_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch,
         "not_pretrain": (["pretrain", "--resume", str(tmp_path / "train_run")], "not an 'imgclass pretrain' run"),
         "unfreeze": (["pretrain", str(data), "--unfreeze", "1"], "needs trained weights"),
         "view_bank": (["pretrain", str(data), "--unfreeze", "1", "--view-bank", "1"], "--view-bank 1: give at least 2"),
+        "randaugment": (["pretrain", str(data), "--randaugment", "20"], "--randaugment 20: give a number of operations"),
         "scan": (["pretrain", str(data), "--method", "scan", "--clusters", "3"], "finds each image's neighbours"),
         "selflabel": (["pretrain", str(data), "--method", "selflabel", "--clusters", "3"],
                       "takes its first clusters from k-means"),

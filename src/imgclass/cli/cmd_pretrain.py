@@ -27,6 +27,7 @@ def pretrain(
     temperature: Annotated[float | None, typer.Option(help="SimCLR: softmax temperature (default 0.2); selflabel: of its cosine classifier (default 0.1).", rich_help_panel=_PANEL)] = None,
     view_size: Annotated[int | None, typer.Option(help="Side of the augmented views (default: 3/4 of --img-size; with --unfreeze, --img-size); smaller is faster.", rich_help_panel=_PANEL)] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Horizontal flips in the views (default on).", rich_help_panel=_PANEL)] = None,
+    randaugment: Annotated[int | None, typer.Option(help="Strong views: this many RandAugment operations per view after the crop (SCAN's recipe; 0 = off, the default).", rich_help_panel=_PANEL)] = None,
     clusters: Annotated[int | None, typer.Option(help="SCAN, selflabel: number of clusters to find.", rich_help_panel=_PANEL)] = None,
     neighbors: Annotated[int | None, typer.Option(help="SCAN: nearest neighbours per image, mined once in the starting features (default 20).", rich_help_panel=_PANEL)] = None,
     entropy_weight: Annotated[float | None, typer.Option(help="SCAN: weight of the use-every-cluster term (default 5).", rich_help_panel=_PANEL)] = None,
@@ -45,7 +46,7 @@ def pretrain(
                     out=out, resume=resume, seed=seed, n_jobs=jobs, max_pixels=max_pixels, log=_err, lr=lr,
                     temperature=temperature, view_size=view_size, hflip=hflip, unfreeze=unfreeze,
                     view_bank=view_bank, clusters=clusters, neighbors=neighbors, entropy_weight=entropy_weight,
-                    confident=confident)
+                    confident=confident, randaugment=randaugment)
     _warn_skipped(res.skipped)
     if json_out:
         _print_json({"run_dir": str(res.run_dir), "backbone": res.backbone, "method": res.method, "arch": res.arch,

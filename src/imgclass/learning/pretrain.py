@@ -124,6 +124,7 @@ class PretrainConfig(ConfigDict):
     p_jitter: float = 0.8
     p_gray: float = 0.2
     hflip: bool = True
+    randaugment: int = 0  # strong views: this many RandAugment ops (torchvision, magnitude 9) per view; 0 = off
     unfreeze: int | None = None  # pretrained backbones: train only the last N blocks, on cached views
     view_bank: int = 6  # with unfreeze: augmented views per image run once through the frozen trunk
     backbone_lr_scale: float = 0.3  # pretrained starts: the backbone's learning rate relative to the heads'
@@ -146,6 +147,9 @@ class PretrainConfig(ConfigDict):
                 raise ConfigError(f"--{name.replace('_', '-')} {v}: give a size between 8 and 1024 pixels")
         if not 0 < self.crop_scale <= 1:
             raise ConfigError(f"crop_scale {self.crop_scale}: give a fraction of the image area in (0, 1]")
+        if not 0 <= self.randaugment <= 14:
+            raise ConfigError(f"--randaugment {self.randaugment}: give a number of operations per view from 0 "
+                              "(off) to 14 (e.g. 2)")
         if self.temperature <= 0:
             raise ConfigError(f"--temperature {self.temperature}: must be positive")
         if self.unfreeze is not None:
@@ -197,12 +201,27 @@ class ViewAugment:
     resized crop (area ``crop_scale``-1, aspect 3/4-4/3) and horizontal flip, colour jitter with
     probability ``p_jitter`` (brightness, contrast, saturation, hue) and grayscale with ``p_gray`` —
     SimCLR's CIFAR recipe (no blur at small sizes). Every image gets its own parameters, drawn from
-    ``generator``."""
+    ``generator``. ``randaugment=N`` adds SCAN's strong augmentation after the crop: N random RandAugment
+    operations per image (shear, translate, rotate, posterize, solarize, equalize, ...; magnitude 9)."""
 
     def __init__(self, generator, size: int, crop_scale: float = 0.2, jitter: float = 0.4, p_jitter: float = 0.8,
-                 p_gray: float = 0.2, hflip: bool = True):
+                 p_gray: float = 0.2, hflip: bool = True, randaugment: int = 0):
         self.g, self.size, self.crop_scale, self.jitter = generator, size, crop_scale, jitter
-        self.p_jitter, self.p_gray, self.hflip = p_jitter, p_gray, hflip
+        self.p_jitter, self.p_gray, self.hflip, self.randaugment = p_jitter, p_gray, hflip, randaugment
+
+    def _strong(self, x):
+        """torchvision's RandAugment on each image of the float batch ``x`` (values 0-255). It draws one set of
+        operations per call from torch's global generator, hence one call per image, under a seed drawn
+        from ``self.g`` so the views stay reproducible."""
+        import torch
+        from torchvision.transforms import v2
+
+        ra = v2.RandAugment(num_ops=self.randaugment)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.g))
+        u8 = x.round().clamp_(0, 255).to(torch.uint8)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([ra(img) for img in u8]).float()
 
     def _u(self, b: int, lo: float, hi: float):
         import torch
@@ -229,6 +248,8 @@ class ViewAugment:
         theta[:, 1, 2] = cy
         grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
         out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if self.randaugment:
+            out = self._strong(out)
         # colour jitter (torchvision's ColorJitter maths, one draw per image, identity where not applied)
         on = (torch.rand(b, generator=self.g) < self.p_jitter).view(b, 1, 1, 1)
         s = self.jitter
@@ -430,7 +451,7 @@ class SelfSupervisedTrainer(Trainer):
             self._build_optimizer(self.phase)
         self.views = None if tail is not None else ViewAugment(
             self.g, cfg.view_size or default_view_size(x.shape[-1]), cfg.crop_scale, cfg.jitter, cfg.p_jitter,
-            cfg.p_gray, cfg.hflip)
+            cfg.p_gray, cfg.hflip, cfg.randaugment)
 
     def _score(self) -> dict[str, float]:
         # no labels: nothing to validate on (the linear probe is the judge); self-labelling records the
@@ -898,7 +919,7 @@ def _view_bank(net, x, cfg: PretrainConfig, bcfg, log, keep: Path | None = None,
                 _link_bank(folder / BANK_FILE, keep / BANK_FILE, bank, key)
             return bank, tail
     aug = ViewAugment(torch.Generator().manual_seed(cfg.seed + 1), cfg.view_size or x.shape[-1], cfg.crop_scale,
-                      cfg.jitter, cfg.p_jitter, cfg.p_gray, cfg.hflip)
+                      cfg.jitter, cfg.p_jitter, cfg.p_gray, cfg.hflip, cfg.randaugment)
     t0, bank = time.perf_counter(), None
     for v in range(cfg.view_bank):
         views = torch.cat([aug(x[i:i + 1024]).round_().to(torch.uint8) for i in range(0, len(x), 1024)])
@@ -934,6 +955,8 @@ def _bank_key(trunk, x, cfg: PretrainConfig, slots: int) -> str:
     h.update(memoryview(x.contiguous().numpy()).cast("B"))
     views = {k: getattr(cfg, k) for k in ("view_bank", "view_size", "crop_scale", "jitter", "p_jitter", "p_gray",
                                          "hflip", "seed")}
+    if cfg.randaugment:  # only when on, so the banks kept before the option existed keep their keys
+        views["randaugment"] = cfg.randaugment
     h.update(json.dumps({**views, "slots": slots}, sort_keys=True).encode())
     return h.hexdigest()
 
