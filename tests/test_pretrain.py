@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import imgclass
 from imgclass.cli import main
 from imgclass.errors import ConfigError
+from imgclass.features import make_extractor
 from imgclass.features.backbones import backbone_config
 from imgclass.learning.pretrain import (
     ViewAugment,
@@ -234,6 +235,11 @@ def test_unfreeze_trains_only_the_last_blocks_on_a_bank_of_cached_views(simclr, 
     assert any(not torch.allclose(start[k], trained[k]) for k in start if k.startswith(last) and k.endswith("weight"))
     again = pretrain(simclr["data"], out=tmp_path / "again", **opts)
     assert again.losses == pytest.approx(res.losses, rel=1e-5)
+    # views at the full 16 px with crops down to 20 % of the area: frozen embeddings at FixRes's 22 -> 24 px
+    info = json.loads((tmp_path / "run" / "backbone.json").read_text())
+    assert (info["input_size"], info["test_size"]) == (16, 24)
+    ex = make_extractor([str(tmp_path / "run")])
+    assert ex.size == 24 and ex.preprocess_defaults()["size"] == 24
 
 
 def test_view_bank_is_kept_and_reused_by_the_next_run_only_when_trunk_images_and_views_match(simclr, tmp_path,
@@ -451,8 +457,20 @@ def test_run_dir_is_a_backbone_for_a_linear_probe(simclr, tmp_path):
     assert np.allclose(loaded.predict_proba(imgs), model.predict_proba(imgs), atol=1e-5)
 
 
+def test_fixres_size_matches_whole_images_to_the_magnification_of_the_crops_trained_on():
+    from imgclass.features.backbones import fixres_size, pretrain_test_size
+
+    # mean of 1/sqrt(s) for s uniform in [c, 1] is 2 (1 - sqrt(c)) / (1 - c): 1.29 for c = 0.3
+    assert fixres_size(128, 0.3) == 164 and fixres_size(128, 1.0) == 128 and fixres_size(24, 0.2) == 32
+    assert fixres_size(12, 0.2) == 16  # 3/4-size views with the default crops give back the input size
+    assert pretrain_test_size({"img_size": 128, "unfreeze": 2, "crop_scale": 0.3}, 128) == 164
+    assert pretrain_test_size({"img_size": 32, "crop_scale": 0.2}, 32) == 32  # 24 px views
+    assert pretrain_test_size({"img_size": 32, "view_size": 32, "crop_scale": 0.2}, 32) == 44
+    assert pretrain_test_size({}, 32) is None  # not a pretrain config: the input size stays
+
+
 def test_two_pretrained_folders_never_share_cached_features(simclr, tmp_path):
-    from imgclass.features import extract_features, make_extractor
+    from imgclass.features import extract_features
     from imgclass.transforms import Preprocess
 
     other = tmp_path / "other"

@@ -137,7 +137,7 @@ class DeepEmbedding(FeatureExtractor):
             raise ConfigError(f"output {output!r}: choose embedding or probabilities")
         cfg = backbone_config(backbone)
         self.backbone, self.pretrained, self.output = backbone, pretrained, output
-        self.size = int(size or cfg.input_size)
+        self.size = int(size or cfg.embed_size or cfg.input_size)  # a pretrain run: its FixRes test size
         self.batch_size, self.cache = batch_size, cache
         self.tta = tta and output == "embedding"  # average the embeddings of the image and its mirror
         self.config = cfg

@@ -75,6 +75,7 @@ import numpy as np
 
 from .._util import ConfigDict, atomic_path, atomic_write_bytes, atomic_write_json, figure_png
 from ..errors import ConfigError, DataError
+from ..features.backbones import default_view_size, pretrain_test_size
 from ..training.engine import TrainData, Trainer
 
 METHODS = ("simclr", "byol", "rotation", "scan", "selflabel")
@@ -415,13 +416,6 @@ def _ssl_net(backbone, cfg: PretrainConfig):
             return self.head
 
     return SSLNet()
-
-
-def default_view_size(img_size: int) -> int:
-    """Views at 3/4 of the input size (32 → 24): about half the cost per image, and objects in random
-    resized crops look larger than in the whole image at test time anyway (FixRes, Touvron et al. 2019).
-    Measured on CIFAR-10 12k with smallcnn: 24 px views train 2x faster than 32 px ones."""
-    return max(8, int(round(img_size * 0.75 / 4)) * 4)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -1049,7 +1043,10 @@ def _finish(run, model, arch, size, bcfg, cfg, ds, epoch, history, n_images, ski
     from ..features.backbones import backbone_config
 
     model = model.to(memory_format=torch.contiguous_format)
+    # frozen embeddings are taken at FixRes's test size for the views trained on, where whole images look
+    # like the crops did (``features.backbones.fixres_size``)
     save_backbone(run.path, model.backbone, arch, size, bcfg.mean, bcfg.std, bcfg.interpolation,
+                  test_size=pretrain_test_size(cfg.to_dict(), size),
                   method=cfg.method, epochs=epoch, images=n_images, data=ds.name,
                   data_fingerprint=ds.fingerprint(), config=cfg.to_dict())
     _plot_losses(run, history, f"{cfg.method} pretraining of {arch} on {ds.name}")
