@@ -3,7 +3,7 @@
     .venv/bin/python bench/cluster.py [CIFAR_VAL] [--skip-cifar] [--skip-digits] [--seed N]
                                       [--adapt EPOCHS [--adapt-dir DIR]] [--scan EPOCHS [--scan-rounds R] [--scan-dir DIR]
                                        [--scan-from adapted|imagenet] [--selflabel EPOCHS [--selflabel-dir DIR]
-                                       [--confident F]]]
+                                       [--confident F]] [--then STEP ... --then-dir DIR]]
 
 * cifar10-12k val (2,000 images, 10 classes), lite0 embeddings (cached on disk), defaults
   (L2 -> PCA 50 -> k-means, k=10). Target: ACC >= 0.70 and NMI >= 0.60. Baseline: k-means on the raw
@@ -14,8 +14,12 @@
   2 blocks); ``--scan EPOCHS``: then on the adapted lite0 trained further by SCAN on train (mined
   neighbours, cluster heads), ``--scan-rounds R`` times, each round mining its neighbours again in the
   previous round's features (``--scan-from imagenet``: the first round starts from the ImageNet weights,
-  no SimCLR step); ``--selflabel EPOCHS``: then SCAN's self-labelling step on the last round.
-  ``--adapt-dir`` / ``--scan-dir`` / ``--selflabel-dir`` keep the runs and reuse them.
+  no SimCLR step); ``--selflabel EPOCHS``: then SCAN's self-labelling step on the last round;
+  ``--then METHOD:EPOCHS[:raN]`` (repeatable): further scan or selflabel runs, each from the previous
+  one, ``raN`` with N RandAugment operations per cached view (``--randaugment N``).
+  ``--adapt-dir`` / ``--scan-dir`` / ``--selflabel-dir`` / ``--then-dir`` keep the runs and reuse them.
+  Pretrained runs are embedded at their FixRes test size (``backbone.json`` ``test_size``: 164 px for
+  128 px views with crop scale 0.3), as ``imgclass cluster --features RUN`` does.
 * scikit-learn digits written as PNGs to a temporary folder, HOG features, defaults, k-means k=10.
   Target: ARI >= 0.60. Baseline: scikit-learn's own example (StandardScaler + k-means++, n_init=4,
   on the raw 8x8 values; 0.48-0.56 ARI in its docs).
@@ -96,16 +100,23 @@ def bench_cifar(root: Path, seed: int) -> tuple[list[dict], dict]:
 
 
 def _cluster_with(root: Path, run: Path, label: str, seed: int, pretrain_s: float) -> tuple[list[dict], dict]:
-    """Val clustered on the embeddings of the backbone in ``run``: k-means (PCA 50) and tied GMM (PCA 20)."""
+    """Val clustered on the embeddings of the backbone in ``run`` (at its test size): k-means (PCA 50) and
+    tied GMM (PCA 20)."""
+    from imgclass.features.backbones import backbone_config
+
     ds = imgclass.load_dataset(root)
     rows, metrics = [], {}
+    cfg = backbone_config(str(run))
+    size = cfg.embed_size or cfg.input_size
+    label = f"{label}, embedded at {size} px"
     for algo, dims, params in (("kmeans", 50, None), ("gmm", 20, {"covariance_type": "tied"})):
         with Timer() as t:
             r = cluster(ds, features=str(run), algo=algo, k=10, dims=dims, params=params, seed=seed)
         metrics[algo] = dict(r.metrics)
         rows.append(_row("cifar10-12k val", f"imgclass lite0 {label} -> L2 -> PCA {dims} -> {algo}"
                          f"{', tied covariance' if params else ''}", r.metrics, t.s, pretrain_s=pretrain_s))
-    return rows, {"run": str(run), "pretrain_s": pretrain_s, "metrics": metrics["kmeans"], "gmm_tied": metrics["gmm"]}
+    return rows, {"run": str(run), "pretrain_s": pretrain_s, "embed_size": size, "metrics": metrics["kmeans"],
+                  "gmm_tied": metrics["gmm"]}
 
 
 def _pretrained(root: Path, train: Path, keep: Path | None, name: str, label: str, epochs: int, seed: int,
@@ -161,6 +172,17 @@ def bench_selflabel(root: Path, train: Path, start: Path, epochs: int, keep: Pat
                        clusters=10, confident=confident)
 
 
+def bench_then(root: Path, train: Path, start: Path, step: str, keep: Path | None, seed: int,
+               i: int) -> tuple[list[dict], dict]:
+    """One ``--then METHOD:EPOCHS[:raN]`` step from ``start`` (same options as the rounds before it)."""
+    method, epochs, *ra = step.split(":")
+    n_ra = int(ra[0][2:]) if ra else 0
+    label = f"SCAN rounds and self-labelling, then step {i}: {method}{f' with RandAugment x{n_ra}' if n_ra else ''}" \
+            " on train (no labels)"
+    return _pretrained(root, train, keep, f"lite0-then{i}", label, int(epochs), seed, method=method,
+                       backbone=str(start), clusters=10, randaugment=n_ra)
+
+
 def bench_digits(seed: int) -> tuple[list[dict], dict]:
     from sklearn.cluster import KMeans
     from sklearn.datasets import load_digits
@@ -214,7 +236,16 @@ def main() -> None:
     ap.add_argument("--selflabel-dir", type=Path, help="keep the self-labelling run here (reused when it exists)")
     ap.add_argument("--confident", type=float, default=0.5,
                     help="self-labelling: share of each cluster trained on per epoch (default 0.5)")
+    ap.add_argument("--then", action="append", default=[], metavar="METHOD:EPOCHS[:raN]",
+                    help="after self-labelling: another scan or selflabel run from the last one (repeatable); "
+                         "raN = N RandAugment operations per cached view, e.g. scan:6:ra2")
+    ap.add_argument("--then-dir", type=Path, help="keep the --then runs here as DIR1, DIR2, ... (reused when they exist)")
     args = ap.parse_args()
+    for step in args.then:
+        parts = step.split(":")
+        if (len(parts) not in (2, 3) or parts[0] not in ("scan", "selflabel") or not parts[1].isdigit()
+                or (len(parts) == 3 and not (parts[2].startswith("ra") and parts[2][2:].isdigit()))):
+            ap.error(f"--then {step}: give METHOD:EPOCHS[:raN] with METHOD scan or selflabel, e.g. scan:6:ra2")
 
     rows, result = [], {"command": "python bench/cluster.py " + " ".join(sys.argv[1:]), "seed": args.seed}
     checks = []
@@ -261,6 +292,16 @@ def main() -> None:
             m = sl["metrics"]
             checks.append(("cifar10-12k val self-labelled lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
             checks.append(("cifar10-12k val self-labelled lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
+            start = Path(sl["run"])
+        for i, step in enumerate(args.then, 1):
+            keep = Path(f"{args.then_dir}{i}") if args.then_dir else None
+            r, th = bench_then(root, root.parent / "train", start, step, keep, args.seed, i)
+            rows += r
+            result[f"cifar_then{i}"] = {**th, "step": step}
+            start = Path(th["run"])
+            m = th["metrics"]
+            checks.append((f"cifar10-12k val step {i} ({step}) lite0 k-means ACC >= 0.70", m["acc"], m["acc"] >= 0.70))
+            checks.append((f"cifar10-12k val step {i} ({step}) lite0 k-means NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
     print(table(rows, ["method", "dataset", "ACC", "NMI", "ARI", "seconds"], "clustering: imgclass vs baselines"))
     print()
     for what, value, ok in checks:
