@@ -49,7 +49,7 @@ class BackboneConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
-    #: a pretrained folder's size for frozen embeddings when it differs from ``input_size`` (``test_size``)
+    #: a pretrained folder's size for frozen embeddings (its ``test_size``); ``None``: ``input_size``
     embed_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,14 +153,18 @@ def fixres_size(view_size: int, crop_scale: float) -> int:
     return max(8, int(round(view_size * mag / 4)) * 4)
 
 
+def pretrain_view_size(config: dict[str, Any], input_size: int) -> int:
+    """The side of a pretraining run's augmented views, from its config (``PretrainConfig.to_dict()``):
+    ``view_size``, else the input size with ``unfreeze`` (the view bank), else ``default_view_size``."""
+    size = int(config.get("img_size") or input_size)
+    return int(config.get("view_size") or (size if config.get("unfreeze") else default_view_size(size)))
+
+
 def pretrain_test_size(config: dict[str, Any], input_size: int) -> int | None:
-    """``fixres_size`` of a pretraining run from its config (``PretrainConfig.to_dict()``): its views are
-    ``view_size``, else the input size with ``unfreeze`` (the view bank), else 3/4 of it."""
+    """``fixres_size`` of a pretraining run from its config; ``None`` for a config without crops."""
     if not config.get("crop_scale"):
         return None
-    size = int(config.get("img_size") or input_size)
-    view = config.get("view_size") or (size if config.get("unfreeze") else default_view_size(size))
-    return fixres_size(int(view), float(config["crop_scale"]))
+    return fixres_size(pretrain_view_size(config, input_size), float(config["crop_scale"]))
 
 
 def _run_test_size(info: dict[str, Any]) -> int | None:

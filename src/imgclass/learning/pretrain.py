@@ -75,7 +75,7 @@ import numpy as np
 
 from .._util import ConfigDict, atomic_path, atomic_write_bytes, atomic_write_json, figure_png
 from ..errors import ConfigError, DataError
-from ..features.backbones import default_view_size, pretrain_test_size
+from ..features.backbones import pretrain_test_size, pretrain_view_size
 from ..training.engine import TrainData, Trainer
 
 METHODS = ("simclr", "byol", "rotation", "scan", "selflabel")
@@ -444,7 +444,7 @@ class SelfSupervisedTrainer(Trainer):
             self.steps_per_epoch = max(1, int(cfg.confident * len(x)) // min(cfg.batch_size, len(x)))
             self._build_optimizer(self.phase)
         self.views = None if tail is not None else ViewAugment(
-            self.g, cfg.view_size or default_view_size(x.shape[-1]), cfg.crop_scale, cfg.jitter, cfg.p_jitter,
+            self.g, pretrain_view_size(cfg.to_dict(), x.shape[-1]), cfg.crop_scale, cfg.jitter, cfg.p_jitter,
             cfg.p_gray, cfg.hflip, cfg.randaugment)
 
     def _score(self) -> dict[str, float]:
@@ -912,8 +912,8 @@ def _view_bank(net, x, cfg: PretrainConfig, bcfg, log, keep: Path | None = None,
             if keep is not None and folder != keep:
                 _link_bank(folder / BANK_FILE, keep / BANK_FILE, bank, key)
             return bank, tail
-    aug = ViewAugment(torch.Generator().manual_seed(cfg.seed + 1), cfg.view_size or x.shape[-1], cfg.crop_scale,
-                      cfg.jitter, cfg.p_jitter, cfg.p_gray, cfg.hflip, cfg.randaugment)
+    aug = ViewAugment(torch.Generator().manual_seed(cfg.seed + 1), pretrain_view_size(cfg.to_dict(), x.shape[-1]),
+                      cfg.crop_scale, cfg.jitter, cfg.p_jitter, cfg.p_gray, cfg.hflip, cfg.randaugment)
     t0, bank = time.perf_counter(), None
     for v in range(cfg.view_bank):
         views = torch.cat([aug(x[i:i + 1024]).round_().to(torch.uint8) for i in range(0, len(x), 1024)])
@@ -1043,12 +1043,12 @@ def _finish(run, model, arch, size, bcfg, cfg, ds, epoch, history, n_images, ski
     from ..features.backbones import backbone_config
 
     model = model.to(memory_format=torch.contiguous_format)
+    config = cfg.to_dict()
     # frozen embeddings are taken at FixRes's test size for the views trained on, where whole images look
     # like the crops did (``features.backbones.fixres_size``)
     save_backbone(run.path, model.backbone, arch, size, bcfg.mean, bcfg.std, bcfg.interpolation,
-                  test_size=pretrain_test_size(cfg.to_dict(), size),
-                  method=cfg.method, epochs=epoch, images=n_images, data=ds.name,
-                  data_fingerprint=ds.fingerprint(), config=cfg.to_dict())
+                  test_size=pretrain_test_size(config, size), method=cfg.method, epochs=epoch, images=n_images,
+                  data=ds.name, data_fingerprint=ds.fingerprint(), config=config)
     _plot_losses(run, history, f"{cfg.method} pretraining of {arch} on {ds.name}")
     run.log(f"saved backbone to {run.path} ({arch}, {size} px)")
     return PretrainResult(run_dir=run.path, backbone=str(run.path), method=cfg.method, arch=arch, img_size=size,
