@@ -108,12 +108,14 @@ def _assert_error(r, status: int, code: str | None = None):
 
 
 def _same_prediction(got: dict, expected: dict):
+    # float32 outputs: a batch and a single image can round differently in the last bit (ONNX Runtime
+    # splits the work by batch and free threads; seen as a 7e-9 difference on a busy machine)
     for k, v in expected.items():
         if k in ("labels", "top"):
             assert [d["label"] for d in got[k]] == [d["label"] for d in v]
-            np.testing.assert_allclose([d["probability"] for d in got[k]], [d["probability"] for d in v], atol=1e-9)
+            np.testing.assert_allclose([d["probability"] for d in got[k]], [d["probability"] for d in v], atol=1e-6)
         elif k == "probability":
-            assert got[k] == pytest.approx(v, abs=1e-9)
+            assert got[k] == pytest.approx(v, abs=1e-6)
         else:
             assert got[k] == v, k
 
