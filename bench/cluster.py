@@ -172,14 +172,22 @@ def bench_selflabel(root: Path, train: Path, start: Path, epochs: int, keep: Pat
                        clusters=10, confident=confident)
 
 
-def bench_then(root: Path, train: Path, start: Path, step: str, keep: Path | None, seed: int,
+def _then_step(step: str) -> tuple[str, int, int]:
+    """``METHOD:EPOCHS[:raN]`` → (method, epochs, RandAugment operations); argparse's ``type`` for ``--then``."""
+    parts = step.split(":")
+    if (len(parts) not in (2, 3) or parts[0] not in ("scan", "selflabel") or not parts[1].isdigit()
+            or (len(parts) == 3 and not (parts[2].startswith("ra") and parts[2][2:].isdigit()))):
+        raise argparse.ArgumentTypeError(f"{step}: give METHOD:EPOCHS[:raN] with METHOD scan or selflabel, e.g. scan:6:ra2")
+    return parts[0], int(parts[1]), int(parts[2][2:]) if len(parts) == 3 else 0
+
+
+def bench_then(root: Path, train: Path, start: Path, step: tuple[str, int, int], keep: Path | None, seed: int,
                i: int) -> tuple[list[dict], dict]:
-    """One ``--then METHOD:EPOCHS[:raN]`` step from ``start`` (same options as the rounds before it)."""
-    method, epochs, *ra = step.split(":")
-    n_ra = int(ra[0][2:]) if ra else 0
+    """One ``--then`` step (``_then_step``) from ``start`` (same options as the rounds before it)."""
+    method, epochs, n_ra = step
     label = f"SCAN rounds and self-labelling, then step {i}: {method}{f' with RandAugment x{n_ra}' if n_ra else ''}" \
             " on train (no labels)"
-    return _pretrained(root, train, keep, f"lite0-then{i}", label, int(epochs), seed, method=method,
+    return _pretrained(root, train, keep, f"lite0-then{i}", label, epochs, seed, method=method,
                        backbone=str(start), clusters=10, randaugment=n_ra)
 
 
@@ -236,17 +244,11 @@ def main() -> None:
     ap.add_argument("--selflabel-dir", type=Path, help="keep the self-labelling run here (reused when it exists)")
     ap.add_argument("--confident", type=float, default=0.5,
                     help="self-labelling: share of each cluster trained on per epoch (default 0.5)")
-    ap.add_argument("--then", action="append", default=[], metavar="METHOD:EPOCHS[:raN]",
+    ap.add_argument("--then", action="append", default=[], type=_then_step, metavar="METHOD:EPOCHS[:raN]",
                     help="after self-labelling: another scan or selflabel run from the last one (repeatable); "
                          "raN = N RandAugment operations per cached view, e.g. scan:6:ra2")
     ap.add_argument("--then-dir", type=Path, help="keep the --then runs here as DIR1, DIR2, ... (reused when they exist)")
     args = ap.parse_args()
-    for step in args.then:
-        parts = step.split(":")
-        if (len(parts) not in (2, 3) or parts[0] not in ("scan", "selflabel") or not parts[1].isdigit()
-                or (len(parts) == 3 and not (parts[2].startswith("ra") and parts[2][2:].isdigit()))):
-            ap.error(f"--then {step}: give METHOD:EPOCHS[:raN] with METHOD scan or selflabel, e.g. scan:6:ra2")
-
     rows, result = [], {"command": "python bench/cluster.py " + " ".join(sys.argv[1:]), "seed": args.seed}
     checks = []
     if not args.skip_digits:
@@ -297,6 +299,7 @@ def main() -> None:
             keep = Path(f"{args.then_dir}{i}") if args.then_dir else None
             r, th = bench_then(root, root.parent / "train", start, step, keep, args.seed, i)
             rows += r
+            step = f"{step[0]}:{step[1]}" + (f":ra{step[2]}" if step[2] else "")  # as given on the command line
             result[f"cifar_then{i}"] = {**th, "step": step}
             start = Path(th["run"])
             m = th["metrics"]
