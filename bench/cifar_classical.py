@@ -3,7 +3,7 @@
 Targets (Foundation issue): hog+svm >= 0.55 accuracy; ``imgclass compare`` over 4 classical
 methods finishes in <= 10 minutes on 2 cores.
 
-    .venv/bin/python bench/cifar_classical.py [CIFAR_DIR]
+    .venv/bin/python bench/cifar_classical.py [CIFAR_DIR] [--out NAME]
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 METHODS = "hog+svm,hog,color_hist+svm,hog+logreg,lbp+rf"
 
 
 def main() -> None:
-    root = dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None)
+    b = Bench("cifar_classical", __doc__, data="cifar10-12k")
+    b.parse()
+    root = b.dataset()
     exe = Path(sys.executable).with_name("imgclass")
     cmd = [str(exe), "compare", str(root), "--methods", METHODS, "--json"]
     print("$ " + " ".join(cmd), flush=True)
@@ -32,9 +34,10 @@ def main() -> None:
     print(table(rows, ["method", "accuracy", "macro_f1", "fit_s", "predict_ips", "size_MB"],
                 "CIFAR-10 12k: train 10,000 -> val 2,000"))
     hog_svm = next(r["accuracy"] for r in rows if r["method"] == "hog+svm")
-    print(f"\nhog+svm accuracy {hog_svm:.4f} (target >= 0.55: {'PASS' if hog_svm >= 0.55 else 'FAIL'})")
-    print(f"compare over {len(rows)} methods: {t.s:.0f}s wall (target <= 600 s: {'PASS' if t.s <= 600 else 'FAIL'})")
-    save("cifar_classical", {"rows": rows, "hog_svm": hog_svm, "compare_s": t.s, "command": " ".join(cmd)})
+    print()
+    b.target("hog+svm accuracy", hog_svm, ">=", 0.55)
+    b.target(f"compare over {len(rows)} methods, wall time", t.s, "<=", 600, ".0f", " s")
+    b.save({"rows": rows, "hog_svm": hog_svm, "compare_s": t.s, "command": " ".join(cmd)})
 
 
 if __name__ == "__main__":

@@ -6,16 +6,15 @@ scikit-image, StandardScaler + RBF SVC with sigmoid calibration (3 folds). It ru
 sequential loop, and with joblib over all cores for feature extraction. The ratio is imgclass's
 wall time over the *faster* plain variant (goal: <= 1.2).
 
-    .venv/bin/python bench/classical_vs_sklearn.py [CIFAR_DIR]
+    .venv/bin/python bench/classical_vs_sklearn.py [CIFAR_DIR] [--out NAME]
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 
 def plain_files(root):
@@ -78,30 +77,33 @@ def imgclass_run(root):
 
 
 def main() -> None:
-    root = str(dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None))
+    b = Bench("classical_vs_sklearn", __doc__, data="cifar10-12k")
+    b.parse()
+    root = str(b.dataset())
     for _, path, _ in plain_files(root):  # warm the page cache so the first contestant is not penalised
         with open(path, "rb") as f:
             f.read()
-    with Timer() as ti:
-        model, acc_i = imgclass_run(root)
+    (model, acc_i), ti = b.timed("ours", imgclass_run, root, what="imgclass hog+svm")
     params = model.config()["feature_params"]["hog"]
     with Timer() as tp:
         acc_p = plain_run(root, params, parallel=False)
     with Timer() as tj:
         acc_j = plain_run(root, params, parallel=True)
     best_plain = min(tp.s, tj.s)
+    b.record("baseline", seconds=best_plain, what="fastest plain skimage+sklearn script")
     rows = [
-        {"run": "imgclass hog+svm (API: load_dataset, split, train)", "accuracy": acc_i, "seconds": ti.s,
-         "ratio": ti.s / best_plain},
+        {"run": "imgclass hog+svm (API: load_dataset, split, train)", "accuracy": acc_i, "seconds": ti,
+         "ratio": ti / best_plain},
         {"run": "plain skimage+sklearn, sequential", "accuracy": acc_p, "seconds": tp.s, "ratio": tp.s / best_plain},
         {"run": "plain skimage+sklearn, joblib features", "accuracy": acc_j, "seconds": tj.s,
          "ratio": tj.s / best_plain},
     ]
     print(table(rows, ["run", "accuracy", "seconds", "ratio"],
                 f"CIFAR-10 12k, hog+svm (HOG {params}), train 10,000 -> val 2,000"))
-    ratio = ti.s / best_plain
-    print(f"\nimgclass / fastest plain script = {ratio:.2f}x (goal <= 1.2: {'PASS' if ratio <= 1.2 else 'FAIL'})")
-    save("classical_vs_sklearn", {"rows": rows, "ratio": ratio, "hog_params": params})
+    ratio = ti / best_plain
+    print()
+    b.target("imgclass / fastest plain script wall time", ratio, "<=", 1.2, ".2f", "x")
+    b.save({"rows": rows, "ratio": ratio, "hog_params": params})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``imgclass --help`` start-up time (target < 0.5 s), against a bare ``python -c pass``.
 
-    .venv/bin/python bench/cli_startup.py
+    .venv/bin/python bench/cli_startup.py [--runs 7] [--out NAME]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import save, table
+from _common import Bench, table
 
 
 def best_of(cmd, n=7):
@@ -24,16 +24,19 @@ def best_of(cmd, n=7):
 
 
 def main() -> None:
+    b = Bench("cli_startup", __doc__, quick={"runs": 3})
+    b.parser.add_argument("--runs", type=int, default=7, help="runs per command (best and median kept)")
+    args = b.parse()
     exe = str(Path(sys.executable).with_name("imgclass"))
     rows = []
     for name, cmd in [("python -c pass", [sys.executable, "-c", "pass"]), ("imgclass --help", [exe, "--help"]),
                       ("imgclass train --help", [exe, "train", "--help"])]:
-        best, med = best_of(cmd)
+        best, med = best_of(cmd, args.runs)
         rows.append({"command": name, "best_s": best, "median_s": med})
-    print(table(rows, ["command", "best_s", "median_s"], "CLI start-up (7 runs)"))
-    med = rows[1]["median_s"]
-    print(f"\nimgclass --help median {med:.3f}s (target < 0.5 s: {'PASS' if med < 0.5 else 'FAIL'})")
-    save("cli_startup", {"rows": rows})
+    print(table(rows, ["command", "best_s", "median_s"], f"CLI start-up ({args.runs} runs)"))
+    print()
+    b.target("imgclass --help median", rows[1]["median_s"], "<", 0.5, ".3f", " s")
+    b.save({"rows": rows})
 
 
 if __name__ == "__main__":
