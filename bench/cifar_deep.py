@@ -4,12 +4,16 @@ training loop on the same network and tensors (per-epoch throughput ratio).
 Targets (Deep-learning issue): ``smallcnn`` from scratch >= 0.70 in <= 10 min;
 ``lite0`` fine-tuning >= 0.90 in <= 20 min.
 
-    .venv/bin/python bench/cifar_deep.py [CIFAR_DIR] [METHOD] [extra imgclass train options...]
+    .venv/bin/python bench/cifar_deep.py [--out NAME] [--quick] [CIFAR_DIR] [METHOD] [extra imgclass train options...]
     e.g. .venv/bin/python bench/cifar_deep.py ../shared/datasets/cifar10-12k smallcnn --epochs 12
+
+The bench's own options go before CIFAR_DIR; everything after METHOD goes to ``imgclass train``.
+``--quick`` trains 1 epoch (unless the options say otherwise) and times 5 plain-loop batches.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -18,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 
 def plain_torch_epoch_ips(root: Path, method: str, batch_size: int, img_size: int, steps: int = 40) -> float:
@@ -48,9 +52,14 @@ def plain_torch_epoch_ips(root: Path, method: str, batch_size: int, img_size: in
 
 
 def main() -> None:
-    root = dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None)
-    method = sys.argv[2] if len(sys.argv) > 2 else "smallcnn"
-    extra = sys.argv[3:]
+    b = Bench("cifar_deep", __doc__, data="cifar10-12k", quick={"steps": 5})
+    b.parser.add_argument("--steps", type=int, default=40, help="batches timed in the plain torch loop")
+    b.parser.add_argument("method", nargs="?", default="smallcnn")
+    b.parser.add_argument("extra", nargs=argparse.REMAINDER, help="options for imgclass train")
+    args = b.parse()
+    root, method, extra = b.dataset(), args.method, args.extra
+    if args.quick and "--epochs" not in extra:
+        extra = [*extra, "--epochs", "1"]
     exe = str(Path(sys.executable).with_name("imgclass"))
     with tempfile.TemporaryDirectory() as runs:
         cmd = [exe, "train", str(root), "--method", method, "--out", f"{runs}/run", "--json", *extra]
@@ -63,7 +72,9 @@ def main() -> None:
     ips = float(np.median([h["img_per_s"] for h in hist]))
     bs = meta["train_config"]["batch_size"]
     size = meta["preprocessing"]["size"]
-    plain = plain_torch_epoch_ips(root, method, bs, size)
+    plain = plain_torch_epoch_ips(root, method, bs, size, args.steps)
+    b.record("ours", rate=ips, what="imgclass train, median epoch")
+    b.record("baseline", rate=plain, what="plain torch loop, same net")
     rows = [{"run": f"imgclass train --method {method} {' '.join(extra)}", "accuracy": res["metrics"]["accuracy"],
              "wall_s": t.s, "epochs": len(hist), "train_img_per_s": ips},
             {"run": "plain torch loop, same net (throughput only)", "accuracy": float("nan"), "wall_s": float("nan"),
@@ -71,8 +82,7 @@ def main() -> None:
     print(table(rows, ["run", "accuracy", "wall_s", "epochs", "train_img_per_s"],
                 f"CIFAR-10 12k, train 10,000 -> val 2,000, {size}px, batch {bs}"))
     print("\nper-epoch: " + ", ".join(f"{h['epoch']}: {h.get('val_accuracy', float('nan')):.4f}" for h in hist))
-    print(f"imgclass training throughput / plain torch loop = {ips / plain:.2f}")
-    save(f"cifar_deep_{method.replace('@', '_')}", {"rows": rows, "history": hist, "command": " ".join(cmd)})
+    b.save({"rows": rows, "history": hist, "command": " ".join(cmd)}, f"cifar_deep_{method.replace('@', '_')}")
 
 
 if __name__ == "__main__":

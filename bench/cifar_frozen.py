@@ -4,7 +4,7 @@ The scikit-learn baseline in the same run is hog+svm, the best classical method.
 
 Target (Deep-learning issue): lite0+logreg >= 0.80 in <= 8 min.
 
-    .venv/bin/python bench/cifar_frozen.py [CIFAR_DIR] [BACKBONES, default lite0,lite1,lite2]
+    .venv/bin/python bench/cifar_frozen.py [CIFAR_DIR] [BACKBONES, default lite0,lite1,lite2] [--out NAME]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 
 def run(cmd, env):
@@ -26,8 +26,11 @@ def run(cmd, env):
 
 
 def main() -> None:
-    root = dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None)
-    backbones = (sys.argv[2] if len(sys.argv) > 2 else "lite0,lite1,lite2").split(",")
+    b = Bench("cifar_frozen", __doc__, data="cifar10-12k")
+    b.parser.add_argument("backbones", nargs="?", default="lite0,lite1,lite2", help="comma-separated backbones")
+    args = b.parse()
+    root = b.dataset()
+    backbones = args.backbones.split(",")
     exe = str(Path(sys.executable).with_name("imgclass"))
     rows = []
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as runs:
@@ -48,10 +51,10 @@ def main() -> None:
     print(table(rows, ["method", "accuracy", "cold_s", "warm_s"], "CIFAR-10 12k, train 10,000 -> val 2,000"))
     lite0 = next((r for r in rows if r["method"] == "lite0+logreg"), None)
     if lite0:
-        ok = lite0["accuracy"] >= 0.80 and lite0["cold_s"] <= 480
-        print(f"\nlite0+logreg {lite0['accuracy']:.4f} in {lite0['cold_s']:.0f}s cold "
-              f"(target >= 0.80 in <= 480 s: {'PASS' if ok else 'FAIL'})")
-    save("cifar_frozen", {"rows": rows})
+        print()
+        b.target("lite0+logreg accuracy", lite0["accuracy"], ">=", 0.80)
+        b.target("lite0+logreg cold wall time", lite0["cold_s"], "<=", 480, ".0f", " s")
+    b.save({"rows": rows})
 
 
 if __name__ == "__main__":

@@ -4,16 +4,17 @@ a raw ONNX Runtime session (both single process, 2 threads, batch 32, PIL decodi
 
 Target (Deep-learning issue): imgclass >= 100 img/s including decoding and pre-processing.
 
-    .venv/bin/python bench/embed_throughput.py [CIFAR_DIR] [N_IMAGES]
+    .venv/bin/python bench/embed_throughput.py [CIFAR_DIR] [N_IMAGES] [--quick] [--out NAME]
+
+``--quick``: 100 images.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 
 def decode(paths, size):
@@ -24,8 +25,10 @@ def decode(paths, size):
 
 
 def main() -> None:
-    root = dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None)
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    b = Bench("embed_throughput", __doc__, data="cifar10-12k", quick={"n": 100})
+    b.parser.add_argument("n", nargs="?", type=int, default=1000, help="images (default 1000)")
+    args = b.parse()
+    root, n = b.dataset(), args.n
     import imgclass
     from imgclass.features import extract_features
     from imgclass.features.backbones import create_backbone
@@ -75,9 +78,10 @@ def main() -> None:
     print(table(rows, ["pipeline", "img_per_s", "vs_raw_ort"],
                 f"lite0 embeddings at 224 px, {len(paths)} CIFAR JPEGs, {os.cpu_count()} cores"))
     print(f"\nmax |imgclass - torch| = {diff_t:.2e}, max |imgclass - raw ORT| = {diff_o:.2e}")
-    ips = rows[0]["img_per_s"]
-    print(f"imgclass {ips:.1f} img/s (target >= 100: {'PASS' if ips >= 100 else 'FAIL'})")
-    save("embed_throughput", {"rows": rows, "max_diff_torch": diff_t, "max_diff_ort": diff_o, "n": len(paths)})
+    b.record("ours", rate=rows[0]["img_per_s"], what="imgclass extract_features")
+    b.record("baseline", rate=base, what="raw ONNX Runtime session")
+    b.target("imgclass throughput", rows[0]["img_per_s"], ">=", 100, ".1f", " img/s")
+    b.save({"rows": rows, "max_diff_torch": diff_t, "max_diff_ort": diff_o, "n": len(paths)})
 
 
 if __name__ == "__main__":

@@ -8,19 +8,23 @@ DataLoader workers while training), and compares validation accuracy. The baseli
 the in-memory shard run should agree exactly, the streamed one within run-to-run noise (its items
 come in another order).
 
-    .venv/bin/python bench/shards_train.py [CIFAR_DIR] [METHOD] [extra imgclass train options...]
+    .venv/bin/python bench/shards_train.py [--out NAME] [--quick] [CIFAR_DIR] [METHOD] [extra imgclass train options...]
     e.g. .venv/bin/python bench/shards_train.py ../shared/datasets/cifar10-12k smallcnn --epochs 3
+
+The bench's own options go before CIFAR_DIR; everything after METHOD goes to ``imgclass train``
+(default ``--epochs 3 --batch-size 128``; ``--quick``: ``--epochs 1 --batch-size 128``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 
 def train(exe: str, data: str, method: str, out: str, extra: list[str]) -> tuple[float, float, dict]:
@@ -33,9 +37,12 @@ def train(exe: str, data: str, method: str, out: str, extra: list[str]) -> tuple
 
 
 def main() -> None:
-    root = dataset_path("cifar10-12k", sys.argv[1] if len(sys.argv) > 1 else None)
-    method = sys.argv[2] if len(sys.argv) > 2 else "smallcnn"
-    extra = sys.argv[3:] if len(sys.argv) > 3 else ["--epochs", "3", "--batch-size", "128"]
+    b = Bench("shards_train", __doc__, data="cifar10-12k", quick={})
+    b.parser.add_argument("method", nargs="?", default="smallcnn")
+    b.parser.add_argument("extra", nargs=argparse.REMAINDER, help="options for imgclass train")
+    args = b.parse()
+    root, method = b.dataset(), args.method
+    extra = args.extra or ["--epochs", "1" if args.quick else "3", "--batch-size", "128"]
     exe = str(Path(sys.executable).with_name("imgclass"))
     from imgclass.data import load_dataset
     from imgclass.data.shards import ShardStream, pack_shards
@@ -67,11 +74,13 @@ def main() -> None:
                 f"imgclass train --method {method} {' '.join(extra)} --seed 0 (train 10,000 -> val 2,000)"))
     print(f"\nval accuracy, shards - folder = {acc_s - acc_f:+.4f}, streamed shards - folder = {acc_t - acc_f:+.4f}; "
           f"same data fingerprint: {meta_f.get('data_fingerprint') == meta_s.get('data_fingerprint') == meta_t.get('data_fingerprint')}")
-    save(f"shards_train_{method.replace('@', '_').replace('+', '_')}",
-         {"pack": {"items": s["items"], "shards": s["shards"], "mb": mb, "seconds": tp.s,
+    b.record("ours", seconds=wall_t, what="train from streamed shards")
+    b.record("baseline", seconds=wall_f, what="train from the folder")
+    b.save({"pack": {"items": s["items"], "shards": s["shards"], "mb": mb, "seconds": tp.s,
                    "images_per_s": s["items"] / tp.s},
           "index_load_s": tl.s, "stream_images_per_s": n_stream / ts.s, "rows": rows,
-          "accuracy_difference": acc_s - acc_f, "streamed_accuracy_difference": acc_t - acc_f, "extra": extra})
+          "accuracy_difference": acc_s - acc_f, "streamed_accuracy_difference": acc_t - acc_f, "extra": extra},
+           f"shards_train_{method.replace('@', '_').replace('+', '_')}")
 
 
 if __name__ == "__main__":

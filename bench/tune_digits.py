@@ -9,7 +9,7 @@
    must run exactly the missing trials (10 minus those finished before the kill), the interrupted one
    being recorded as failed.
 
-    .venv/bin/python bench/tune_digits.py [CACHE_DIR] [METHOD]
+    .venv/bin/python bench/tune_digits.py [CACHE_DIR] [METHOD] [--out NAME]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import Timer, save, table
+from _common import Bench, Timer, table
 
 import imgclass
 from imgclass import api
@@ -86,8 +86,12 @@ def sklearn_baseline(method: str, train, val) -> float | None:
 
 
 def main() -> None:
-    cache = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.home() / ".cache" / "imgclass"
-    method = sys.argv[2] if len(sys.argv) > 2 else "lbp+rf"
+    b = Bench("tune_digits", __doc__)
+    b.parser.add_argument("cache", nargs="?", type=Path, default=Path.home() / ".cache" / "imgclass",
+                          help="folder the digits PNGs are written to (default ~/.cache/imgclass)")
+    b.parser.add_argument("method", nargs="?", default="lbp+rf", help="method to tune (default lbp+rf)")
+    args = b.parse()
+    cache, method = args.cache, args.method
     folder = write_digits(cache / "digits")
     ds = imgclass.load_dataset(folder)
     train, val = ds.split(val=0.5, seed=0)
@@ -119,13 +123,14 @@ def main() -> None:
 
         kr = kill_and_resume(folder, method, tmp / "killed")
     ok = kr["killed"] and kr["new_trials"] == kr["expected_new"] and kr["final_trials"] == TRIALS
-    print(f"\nkill/resume: SIGKILL during a trial with {kr['finished_before']} of {TRIALS} trials finished; the "
-          f"rerun ran {kr['new_trials']} new trials (expected {kr['expected_new']}) in {kr['resume_s']:.1f}s; the "
-          f"study now holds {kr['final_trials']} finished and {kr['failed']} failed trial(s) (interrupted by the "
-          f"kill): {'PASS' if ok else 'FAIL'}")
-    save("tune_digits", {"method": method, "trials": TRIALS, "default": res.default_value, "best": res.value,
-                         "best_params": res.params, "best_trial": res.best_trial, "retrained": acc,
-                         "sklearn_defaults": plain, "tune_s": t.s, "kill_resume": kr, "pass": ok})
+    print()
+    b.check("kill/resume runs exactly the missing trials", ok,
+            f"SIGKILL during a trial with {kr['finished_before']} of {TRIALS} trials finished; the rerun ran "
+            f"{kr['new_trials']} new trials (expected {kr['expected_new']}) in {kr['resume_s']:.1f}s; the study now "
+            f"holds {kr['final_trials']} finished and {kr['failed']} failed trial(s) (interrupted by the kill)")
+    b.save({"method": method, "trials": TRIALS, "default": res.default_value, "best": res.value,
+            "best_params": res.params, "best_trial": res.best_trial, "retrained": acc,
+            "sklearn_defaults": plain, "tune_s": t.s, "kill_resume": kr, "pass": ok})
 
 
 if __name__ == "__main__":
