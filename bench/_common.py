@@ -25,6 +25,7 @@ import operator
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,10 +156,20 @@ class Bench:
         self.targets.append({"target": what, "value": detail, "pass": bool(ok)})
         return bool(ok)
 
+    def path(self, name: str | None = None, suffix: str = ".json") -> Path:
+        """Where the results go: bench/results/NAME.json (``--out`` wins over ``name``, which wins over the
+        bench's name); a ``--quick`` run without ``--out`` goes to a temporary folder. ``suffix`` names a
+        file saved next to it (a plot, a CSV)."""
+        out = getattr(self.args, "out", None)
+        name = out or name or self.name
+        path = Path(name) if name.endswith(".json") else RESULTS / f"{name}.json"
+        if getattr(self.args, "quick", False) and not out:
+            path = Path(tempfile.gettempdir()) / "bench-quick" / path.name
+        return path.with_suffix(suffix)
+
     def save(self, payload: dict, name: str | None = None) -> Path | None:
-        """Write bench/results/NAME.json (``--out`` wins over ``name``, which wins over the bench's name).
-        Prints the speed ratio first when ours and the baseline were both measured. A ``--quick`` run is
-        only saved when ``--out`` is given."""
+        """Write the results file (see ``path``) with the ``harness`` key added; prints the speed ratio first
+        when ours and the baseline were both measured. A ``--quick`` run is only saved with ``--out``."""
         ratio = self.speed_ratio()
         if ratio is not None:
             o, b = self.timings["ours"], self.timings["baseline"]
@@ -167,12 +178,10 @@ class Bench:
                 v = f"{m['seconds']:.2f} s" if "seconds" in m else f"{m['rate']:,.1f} {m['unit']}"
                 return f"{m['what']}: {v}" if m["what"] else v
             print(f"speed ours/baseline: {ratio:.3g}x (ours {show(o)}; baseline {show(b)})")
-        out = getattr(self.args, "out", None)
-        if getattr(self.args, "quick", False) and not out:
+        if getattr(self.args, "quick", False) and not self.args.out:
             print("quick run: results not saved (pass --out NAME to keep them)")
             return None
-        name = out or name or self.name
-        path = Path(name) if name.endswith(".json") else RESULTS / f"{name}.json"
+        path = self.path(name)
         harness = {"machine": machine(), "argv": ["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]],
                    "targets": self.targets, "timings": self.timings, "speed_ratio": ratio,
                    "quick": bool(getattr(self.args, "quick", False))}

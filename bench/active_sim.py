@@ -10,7 +10,9 @@ Target (issue 6, active learning): at 500 labels the best uncertainty strategy b
 >= 2 points (mean of 3 seeds).
 
     .venv/bin/python bench/active_sim.py [CIFAR_DIR] [--rounds 16 --per-round 25 --initial 100 --seeds 3
-                                          --strategies entropy,margin,... --method lite0+logreg]
+                                          --strategies entropy,margin,... --method lite0+logreg] [--quick] [--out NAME]
+
+``--quick``: 2 rounds, 1 seed.
 
 The equivalent command line is printed and stored with the results (bench/results/active_sim.json,
 the plot bench/results/active_sim.png and the curves bench/results/active_sim.csv).
@@ -18,12 +20,11 @@ the plot bench/results/active_sim.png and the curves bench/results/active_sim.cs
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
 
-from _common import RESULTS, Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 from imgclass.learning.active import UNCERTAINTY, simulate
 
@@ -37,8 +38,8 @@ def _log(msg: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", default=None, help="cifar10-12k folder (default ../shared/datasets/cifar10-12k)")
+    b = Bench("active_sim", __doc__, data="cifar10-12k", quick={"rounds": 2, "seeds": 1})
+    ap = b.parser
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--per-round", type=int, default=25)
     ap.add_argument("--initial", type=int, default=100)
@@ -46,8 +47,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--strategies", default="entropy,margin,least-confidence,margin-kmeans,coreset,random")
     ap.add_argument("--method", default="lite0+logreg")
-    args = ap.parse_args()
-    root = dataset_path("cifar10-12k", args.data)
+    args = b.parse()
+    root = b.dataset()
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
     cli = (f"imgclass active simulate {root} --rounds {args.rounds} --per-round {args.per_round} "
            f"--initial {args.initial} --init {args.init} --seeds {args.seeds} --strategies {args.strategies} "
@@ -57,9 +58,9 @@ def main() -> None:
     with Timer() as t:
         res = simulate(root, strategies=args.strategies, rounds=args.rounds, per_round=args.per_round,
                        initial=args.initial, init=args.init, seeds=args.seeds, method=args.method, log=_log)
-    RESULTS.mkdir(exist_ok=True)
-    plot = res.plot(RESULTS / "active_sim.png")
-    (RESULTS / "active_sim.csv").write_text(res.to_csv())
+    b.path().parent.mkdir(parents=True, exist_ok=True)
+    plot = res.plot(b.path(suffix=".png"))
+    b.path(suffix=".csv").write_text(res.to_csv())
 
     means = {s: res.mean(s) for s in res.strategies}
     stds = {s: res.std(s) for s in res.strategies}
@@ -79,13 +80,14 @@ def main() -> None:
     ok = best is not None and best["gain_end"] >= TARGET_GAIN
     if best is not None:
         print(f"\nbest uncertainty strategy at {res.n_labels[-1]} labels: {best['strategy']} "
-              f"{best['end']:.4f} vs random {best['end'] - best['gain_end']:.4f} = {best['gain_end'] * 100:+.2f} points "
-              f"(target >= +{TARGET_GAIN * 100:.0f}: {'PASS' if ok else 'FAIL'})")
+              f"{best['end']:.4f} vs random {best['end'] - best['gain_end']:.4f}")
+        b.target("best uncertainty strategy's gain over random", best["gain_end"] * 100, ">=", TARGET_GAIN * 100,
+                 "+.2f", " points")
     if best_plain is not None and best_plain is not best:
         print(f"best plain uncertainty strategy: {best_plain['strategy']} {best_plain['gain_end'] * 100:+.2f} points")
     print(f"time: {t.s:.0f} s (features {res.timings['features_s']:.0f} s, loop {res.timings['loop_s']:.0f} s); "
           f"plot {plot}")
-    save("active_sim", {"command": command, "cli_equivalent": cli, "dataset": str(root),
+    b.save({"command": command, "cli_equivalent": cli, "dataset": str(root),
                         "config": vars(args) | {"data": str(root)}, "target_gain": TARGET_GAIN, "pass": ok,
                         "best_uncertainty": best, "best_plain_uncertainty": best_plain, "total_s": t.s,
                         "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "plot": str(plot),

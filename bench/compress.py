@@ -4,6 +4,7 @@ of the same run (the unpruned teacher; the same student trained on the labels al
 
     .venv/bin/python bench/compress.py [CIFAR_DIR] [--teacher MODEL] [--teacher-size 64] [--teacher-epochs 3]
                                        [--amount 0.5] [--prune-epochs 1] [--student smallcnn] [--student-epochs 8]
+                                       [--out NAME]
 
 The teacher is MODEL, else bench/runs/cifar_lite0_128px_6ep_standard/model (bench/honest_eval.py) when it
 exists, else bench/runs/compress_teacher_lite0_<SIZE>px_<N>ep/model, trained there on first use (lite0 at
@@ -14,13 +15,12 @@ is ``predict_proba`` on the 2,000 val images (decoding included, ONNX Runtime; b
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import HERE, dataset_path, save, table
+from _common import HERE, Bench, table
 
 
 def _rows(summary: dict, names: list[str]) -> list[dict]:
@@ -39,8 +39,8 @@ def _rows(summary: dict, names: list[str]) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", nargs="?", default=None)
+    b = Bench("compress", __doc__, data="cifar10-12k")
+    ap = b.parser
     ap.add_argument("--teacher", default=None)
     ap.add_argument("--teacher-size", type=int, default=96)
     ap.add_argument("--teacher-epochs", type=int, default=4)
@@ -51,8 +51,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--no-baseline", action="store_true", help="skip the alpha=0 student")
-    args = ap.parse_args()
-    root = dataset_path("cifar10-12k", args.data)
+    args = b.parse()
+    root = b.dataset()
 
     import imgclass
     from imgclass.deploy import distill, prune
@@ -113,7 +113,7 @@ def main() -> None:
           f"the teacher's size, {di.summary['change']['img_per_s']:.2f}x its speed, accuracy "
           f"{di.summary['change']['accuracy_points']:+.1f} points")
     strip = ("rows", "history")
-    save("compress", {"teacher": teacher_note, "prune": {k: v for k, v in pr.summary.items() if k not in strip},
+    b.save({"teacher": teacher_note, "prune": {k: v for k, v in pr.summary.items() if k not in strip},
                       "prune_rows": prune_rows, "distill": {k: v for k, v in di.summary.items() if k not in strip},
                       "distill_rows": drows,
                       "baseline": {k: v for k, v in base.summary.items() if k not in strip} if base else None,

@@ -7,12 +7,13 @@ threads, so on one machine DDP can only win where one process leaves cores idle.
 plain single-process run; the table reports training images/s (mean over epochs, from the run's own
 metrics), wall time and final validation accuracy, which must agree within run-to-run noise.
 
-    .venv/bin/python bench/ddp_scaling.py [CIFAR_DIR] [--nproc 2] [--method smallcnn] [--epochs 3]
+    .venv/bin/python bench/ddp_scaling.py [CIFAR_DIR] [--nproc 2] [--method smallcnn] [--epochs 3] [--quick] [--out NAME]
+
+``--quick``: 1 epoch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 
 def run(exe: str, data: str, out: str, method: str, epochs: int, batch: int, nproc: int) -> dict:
@@ -39,14 +40,14 @@ def run(exe: str, data: str, out: str, method: str, epochs: int, batch: int, npr
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("data", nargs="?")
+    b = Bench("ddp_scaling", __doc__, data="cifar10-12k", quick={"epochs": 1})
+    ap = b.parser
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--method", default="smallcnn")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
-    a = ap.parse_args()
-    root = dataset_path("cifar10-12k", a.data)
+    a = b.parse()
+    root = b.dataset()
     exe = str(Path(sys.executable).with_name("imgclass"))
     with tempfile.TemporaryDirectory() as tmp:
         one = run(exe, str(root), f"{tmp}/one", a.method, a.epochs, a.batch_size, 1)
@@ -54,9 +55,10 @@ def main() -> None:
     rows = [{**one, "setting": "1 process (baseline)"}, {**many, "setting": f"DDP {a.nproc} processes (gloo)"}]
     print(f"\n{a.method}, {a.epochs} epochs, global batch {a.batch_size}, {os.cpu_count()} cores")
     print(table(rows, ["setting", "img_per_s", "epoch_s", "wall_s", "val_accuracy"]))
-    print(f"\nthroughput ratio DDP / 1 process: {many['img_per_s'] / one['img_per_s']:.2f}x; "
-          f"val accuracy difference {many['val_accuracy'] - one['val_accuracy']:+.4f}")
-    save("ddp_scaling", {"method": a.method, "epochs": a.epochs, "batch": a.batch_size, "rows": rows})
+    print(f"\nval accuracy difference {many['val_accuracy'] - one['val_accuracy']:+.4f}")
+    b.record("ours", rate=many["img_per_s"], what=f"DDP {a.nproc} processes")
+    b.record("baseline", rate=one["img_per_s"], what="1 process")
+    b.save({"method": a.method, "epochs": a.epochs, "batch": a.batch_size, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 robustness with and without ``--augment corruptions``, and the time to write the report.
 
     .venv/bin/python bench/honest_eval.py [CIFAR_DIR] [--img-size 128] [--epochs 6] [--max-images 1000] [--only calib,robust,report]
+                                        [--out NAME]
 
 1. Trains ``lite0`` twice through ``imgclass.train`` exactly as ``imgclass train DATA --method lite0
    --img-size 128 --epochs 6 [--augment corruptions]`` does (kept in ``bench/runs/`` and reused when
@@ -20,14 +21,13 @@ without corruptions. Results: ``bench/results/honest_eval.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from _common import HERE, Timer, dataset_path, save, table
+from _common import HERE, Bench, Timer, table
 
 import imgclass
 
@@ -68,14 +68,14 @@ def calibration(model, val) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", nargs="?", default=None)
+    b = Bench("honest_eval", __doc__, data="cifar10-12k")
+    ap = b.parser
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--max-images", type=int, default=1000, help="robustness on a seeded sample of val")
     ap.add_argument("--only", default="calib,robust,report")
-    args = ap.parse_args()
-    root = dataset_path("cifar10-12k", args.data)
+    args = b.parse()
+    root = b.dataset()
     parts = set(args.only.split(","))
     res: dict = {"command": "python bench/honest_eval.py " + " ".join(sys.argv[1:])}
     val = imgclass.load_dataset(root / "val")
@@ -87,7 +87,8 @@ def main() -> None:
         res["calibration"] = c
         print(table([{"model": "lite0 (standard augment)", **c}], ["model", "accuracy", "temperature", "ece_before",
                                                                       "ece_after", "ece_after_cross_fitted"],
-                    "Calibration on cifar10-12k val (target: ECE after <= 0.03)"))
+                    "Calibration on cifar10-12k val"))
+        b.target("ECE after calibration", c["ece_after"], "<=", 0.03)
     if "report" in parts:
         exe = str(Path(sys.executable).with_name("imgclass"))
         out = HERE / "runs" / "report_timing"
@@ -96,8 +97,8 @@ def main() -> None:
             subprocess.run(cmd, check=True, capture_output=True)
         size = (out / "report.html").stat().st_size
         res["report"] = {"wall_s": t.s, "bytes": size, "command": " ".join(cmd[1:])}
-        print(f"\nimgclass evaluate (predict {len(val):,} images + report.html of {size / 1e6:.1f} MB): {t.s:.1f} s "
-              "(target <= 30 s)")
+        print(f"\nimgclass evaluate (predict {len(val):,} images + report.html of {size / 1e6:.1f} MB): {t.s:.1f} s")
+        b.target("imgclass evaluate wall time", t.s, "<=", 30, ".1f", " s")
     if "robust" in parts:
         cor, _, cor_s = trained(root, "corruptions", args, augment="corruptions")
         res["train_s"]["corruptions"] = cor_s
@@ -113,14 +114,15 @@ def main() -> None:
                                                f"accuracy {r.mean_corruption_accuracy:.4f} ({r.relative:.3f} of clean)"))
             rows.append({"train --augment": name, "clean": r.clean_accuracy, "mean_corruption": r.mean_corruption_accuracy,
                          "relative": r.relative, "eval_s": t.s})
-        print(table(rows, list(rows[0]), "\nRobustness on cifar10-12k val, lite0 (target: corruptions > standard)"))
-        print(f"mean corruption accuracy gain: {rows[1]['mean_corruption'] - rows[0]['mean_corruption']:+.4f}")
+        print(table(rows, list(rows[0]), "\nRobustness on cifar10-12k val, lite0"))
+        b.target("mean corruption accuracy gain of --augment corruptions",
+                 rows[1]["mean_corruption"] - rows[0]["mean_corruption"], ">", 0, "+.4f")
         res["robustness"] = rows
-    prev = HERE / "results" / "honest_eval.json"
+    prev = b.path()
     if prev.exists():  # keep the parts not rerun
         old = json.loads(prev.read_text())
         res = {**{k: v for k, v in old.items() if k not in ("bench", "when", "cpus", "platform")}, **res}
-    save("honest_eval", res)
+    b.save(res)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/selfsup.py [CIFAR_DIR] [--method simclr] [--backbone smallcnn] [--epochs N]
                                       [--batch-size N] [--img-size 32] [--view-size N] [--lr X] [--temperature T]
+                                      [--seed 0] [--quick] [--out NAME]
 
 1. ``imgclass pretrain CIFAR/train --method simclr --backbone smallcnn ... --out RUN``: the real CLI, timed
    wall clock including start-up, decoding and training; the class folders' labels are ignored.
@@ -10,6 +11,8 @@
 3. A linear probe for both, through the real CLI: ``imgclass train CIFAR --method RUN+logreg`` (train/ 10,000
    → val/ 2,000; frozen, globally pooled features; standardised logistic regression), embedding cache empty.
 
+``--quick``: 1 epoch of pretraining.
+
 Target: probe accuracy of the pretrained backbone >= the random one + 0.10, pretraining <= 900 s on 2 cores.
 The load average before and after is recorded: above ~2 on this 2-core machine other jobs shared the CPU
 and the timings are pessimistic.
@@ -17,7 +20,6 @@ and the timings are pessimistic.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -26,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 TARGET_GAIN, TARGET_S = 0.10, 900
 
@@ -56,8 +58,8 @@ def _random_backbone(folder: Path, backbone: str, img_size: int | None, seed: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", help="cifar10-12k folder (train/ and val/)")
+    b = Bench("selfsup", __doc__, data="cifar10-12k", seed=0, quick={"epochs": 1})
+    ap = b.parser
     ap.add_argument("--method", default="simclr")
     ap.add_argument("--backbone", default="smallcnn")
     ap.add_argument("--epochs", type=int)
@@ -66,10 +68,9 @@ def main() -> None:
     ap.add_argument("--view-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--temperature", type=float)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="keep the pretrained run here instead of a temporary folder")
-    args = ap.parse_args()
-    root = dataset_path("cifar10-12k", args.data)
+    args = b.parse()
+    root = b.dataset()
     exe = str(Path(sys.executable).with_name("imgclass"))
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as cache:
@@ -104,11 +105,13 @@ def main() -> None:
                 "CIFAR-10 12k: self-supervised on train/ (labels unused), linear probe train/ -> val/"))
     ok = gain >= TARGET_GAIN and pretrain_s <= TARGET_S
     contended = max(load_before[0], load_after[0]) > 2.5
-    print(f"\ngain over random init {gain:+.4f} (target >= +{TARGET_GAIN:.2f}); pretraining {pretrain_s:.0f} s "
-          f"(target <= {TARGET_S} s): {'PASS' if ok else 'FAIL'}"
-          + (f"\nload average {load_before[0]:.1f} before, {load_after[0]:.1f} after: the CPU was shared, "
-             "timings are pessimistic" if contended else ""))
-    save("selfsup", {"rows": rows, "gain": gain, "pretrain_s": pretrain_s, "pretrain_cpu_s": pretrain_cpu, "pass": ok,
+    print()
+    b.target("probe accuracy gain over random init", gain, ">=", TARGET_GAIN, "+.4f")
+    b.target("pretraining wall time", pretrain_s, "<=", TARGET_S, ".0f", " s")
+    if contended:
+        print(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after: the CPU was shared, "
+              "timings are pessimistic")
+    b.save({"rows": rows, "gain": gain, "pretrain_s": pretrain_s, "pretrain_cpu_s": pretrain_cpu, "pass": ok,
                      "losses": res["losses"],
                      "commands": {k: " ".join(v) for k, v in commands.items()},
                      "command": ".venv/bin/python " + " ".join(sys.argv),

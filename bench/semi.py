@@ -5,7 +5,7 @@ unlabelled pool (their labels only score the pseudo-labels), validated on the 2,
 The baseline in the same run is the same method trained on the 250 labels alone.
 
     .venv/bin/python bench/semi.py [CIFAR_DIR] [--method lite0+logreg] [--per-class 25]
-        [--semi self-training,label-spreading,balanced-self-training]
+        [--semi self-training,label-spreading,balanced-self-training] [--seed 0] [--out NAME]
     .venv/bin/python bench/semi.py --method lite0 --semi fixmatch --img-size 64 \
         --train-config '{"epochs": 100, "unlabeled_ratio": 4}'
 
@@ -17,7 +17,6 @@ pseudo-labelled in the last round (default 0.6), not a probability: leave it out
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -25,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 import imgclass
 
@@ -39,23 +38,22 @@ def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", nargs="?", default=None)
+    b = Bench("semi", __doc__, data="cifar10-12k", seed=0)
+    ap = b.parser
     ap.add_argument("--method", default="lite0+logreg")
     ap.add_argument("--per-class", type=int, default=25)
     ap.add_argument("--semi", default="self-training,label-spreading,balanced-self-training")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pseudo-threshold", type=float, default=None)
     ap.add_argument("--img-size", type=int, default=None, help="deep methods: input size")
     ap.add_argument("--train-config", default=None,
                     help='deep methods: TrainConfig fields as JSON, e.g. \'{"epochs": 40, "unlabeled_ratio": 4}\'')
-    args = ap.parse_args()
+    args = b.parse()
     deep = {}
     if args.img_size:
         deep["img_size"] = args.img_size
     if args.train_config:
         deep["train_config"] = json.loads(args.train_config)
-    root = dataset_path("cifar10-12k", args.data)
+    root = b.dataset()
     rng = np.random.default_rng(args.seed)
     labelled, pool = [], []
     for cdir in sorted((root / "train").iterdir()):
@@ -86,10 +84,12 @@ def main() -> None:
     base = rows[0]["val_accuracy"]
     for r in rows:
         r["gain_points"] = 100 * (r["val_accuracy"] - base)
-    print(table(rows, list(rows[0]), f"CIFAR-10 12k, {args.method}, {args.per_class} labels per class "
-                                     "(target: +5 points over the labels alone)"))
-    save("semi" if args.method == "lite0+logreg" else f"semi_{args.method.replace('+', '_')}", {"rows": rows, "method": args.method, "per_class": args.per_class,
-                  "command": "python bench/semi.py " + " ".join(sys.argv[1:])})
+    print(table(rows, list(rows[0]), f"CIFAR-10 12k, {args.method}, {args.per_class} labels per class"))
+    b.target("best semi-supervised gain over the labels alone", max(r["gain_points"] for r in rows[1:]), ">=", 5,
+             ".2f", " points")
+    b.save({"rows": rows, "method": args.method, "per_class": args.per_class,
+            "command": "python bench/semi.py " + " ".join(sys.argv[1:])},
+           "semi" if args.method == "lite0+logreg" else f"semi_{args.method.replace('+', '_')}")
 
 
 if __name__ == "__main__":
