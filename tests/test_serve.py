@@ -359,7 +359,7 @@ def test_concurrent_requests_are_micro_batched(served, model_threads):
         assert batches < n, f"{n} requests took {batches} model calls"
         text = c.get("/metrics").text
         count = _metric(text, "imgclass_batch_size_count")
-        singles = _metric(text, 'imgclass_batch_size_bucket{le="1"}')
+        singles = _metric(text, 'imgclass_batch_size_bucket{le="1.0"}')
         assert count - singles >= 1, "no batch of more than one image"
 
 
@@ -383,7 +383,7 @@ def test_metrics_exposition(client, served):
     assert _metric(text, 'imgclass_request_duration_seconds_count{endpoint="/v1/predict"}') >= 3
     assert _metric(text, "imgclass_batch_size_count") >= 2
     assert _metric(text, 'imgclass_images_total{outcome="ok"}') >= 2
-    assert 'imgclass_model_info{method="color_hist+logreg",task="multiclass"} 1' in text
+    assert _metric(text, 'imgclass_model_info{method="color_hist+logreg",task="multiclass"}') == 1
 
 
 # --------------------------------------------------------------------------- page, docs, factory, CLI
@@ -427,9 +427,10 @@ def test_cli_serve_prints_the_url_and_runs_uvicorn(served, monkeypatch, capsys):
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
-    for var in (ENV_CONFIG, "IMGCLASS_ORT_THREADS", "IMGCLASS_PROGRESS"):  # what the command sets, undone after
+    for var in (ENV_CONFIG, "IMGCLASS_ORT_THREADS", "IMGCLASS_PROGRESS", "PROMETHEUS_MULTIPROC_DIR"):  # undone after
         monkeypatch.setenv(var, os.environ.get(var, ""))
     monkeypatch.delenv("IMGCLASS_ORT_THREADS")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])

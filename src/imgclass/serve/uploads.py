@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import os
 import struct
 import warnings
@@ -107,17 +108,43 @@ def _check_options(opts: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, 
             raise ApiError(400, "bad_request", f"unknown field {k!r}{hint}; allowed: {', '.join(allowed)}")
         out[k] = v
     if "top_k" in out and out["top_k"] is not None:
-        try:
-            k = int(out["top_k"])
-        except (TypeError, ValueError):
-            raise ApiError(400, "bad_request", f"top_k {out['top_k']!r}: give a whole number >= 1") from None
-        if k < 1 or isinstance(out["top_k"], bool) or (isinstance(out["top_k"], float) and not out["top_k"].is_integer()):
-            raise ApiError(400, "bad_request", f"top_k {out['top_k']!r}: give a whole number >= 1")
-        out["top_k"] = min(k, 10_000)
+        out["top_k"] = _top_k(out["top_k"])
     for k in ("target", "method"):
         if k in out and out[k] is not None and not isinstance(out[k], str):
             raise ApiError(400, "bad_request", f"{k}: give a string")
     return out
+
+
+def _top_k(value: Any) -> int:
+    """``top_k`` as a whole number in 1..10,000, or a 400 (booleans, fractions, infinities, huge and odd strings)."""
+    bad = ApiError(400, "bad_request", f"top_k {str(value)[:40]!r}: give a whole number >= 1")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 6:
+            raise bad
+        value = int(text)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise bad
+    if value < 1:
+        raise bad
+    return min(int(value), 10_000)  # more than the classes is clamped later
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON document of a body, or a 400 for anything malformed: bad syntax or encoding, NaN and
+    Infinity, numbers too long to convert, nesting deeper than the parser's stack."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, "bad_request", "the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise ApiError(400, "bad_request", f"the body is not valid JSON ({str(exc)[:200]})") from None
 
 
 def media_type(content_type: str | None) -> str:
@@ -157,11 +184,7 @@ async def read_body(request, *, many: bool, max_bytes: int, max_items: int, opti
             await form.close()
         return Body(uploads, _check_options(opts, options))
     if kind in ("application/json", "text/json") or kind.endswith("+json"):
-        raw = await request.body()
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "bad_request", f"the body is not valid JSON ({exc})") from None
+        doc = parse_json(await request.body())
         if many and isinstance(doc, list):
             doc = {"images": doc}
         if not isinstance(doc, dict):
@@ -252,8 +275,32 @@ def sniff(data: bytes) -> tuple[str, int, int] | None:
                    "a JPEG, PNG, GIF, BMP, TIFF or WebP file")
 
 
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int | None, draft_size: int | None) -> Image.Image:
-    """Check and decode one upload into an RGB image, or raise ``ApiError`` (413, 415 or 422)."""
+@dataclass(frozen=True)
+class Header:
+    """What an upload's header says, read without decoding: format, size, and the size a decode makes
+    (smaller for a JPEG drafted to the model's input size)."""
+
+    format: str
+    width: int
+    height: int
+    decoded: tuple[int, int]
+
+
+def _drafted_size(data: bytes, draft_size: int) -> tuple[int, int] | None:
+    """The size a JPEG decode drafted to ``draft_size`` gives (header only; Pillow picks the scale)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+                im.draft("RGB", (draft_size, draft_size))
+                return int(im.size[0]), int(im.size[1])
+        except Exception:  # noqa: BLE001 - any failure here only means "no smaller estimate"
+            return None
+
+
+def inspect_upload(data: bytes, *, max_bytes: int, max_pixels: int | None, draft_size: int | None) -> Header:
+    """Check one upload from its header alone (bytes, format, pixel count) before anything is decoded;
+    raises ``ApiError`` (413, 415 or 422)."""
     if len(data) > max_bytes:
         raise too_large(len(data), max_bytes)
     if not data:
@@ -264,7 +311,20 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int | None, draft_
         limit = f"{max_pixels:,}" if max_pixels is not None else "Pillow's"
         raise ApiError(422, "image_too_large", f"the image is {size or 'too large to open '}over the limit of "
                        f"{limit} pixels (decompression-bomb guard; imgclass serve --max-pixels)")
+    fmt, w, h = head
+    decoded = (_drafted_size(data, draft_size) if draft_size and fmt == "JPEG" else None) or (w, h)
+    return Header(fmt, w, h, decoded)
+
+
+def decode_checked(data: bytes, head: Header, *, max_pixels: int | None, draft_size: int | None) -> Image.Image:
+    """Decode an upload that ``inspect_upload`` passed into an RGB image, or raise ``ApiError`` 422."""
     try:
         return load_image(data, max_pixels=max_pixels, draft_size=draft_size)
     except ImageLoadError as exc:
-        raise ApiError(422, "corrupt_image", f"the {head[0]} image cannot be decoded: {exc.reason}") from None
+        raise ApiError(422, "corrupt_image", f"the {head.format} image cannot be decoded: {exc.reason}") from None
+
+
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int | None, draft_size: int | None) -> Image.Image:
+    """Check and decode one upload into an RGB image, or raise ``ApiError`` (413, 415 or 422)."""
+    head = inspect_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, draft_size=draft_size)
+    return decode_checked(data, head, max_pixels=max_pixels, draft_size=draft_size)
