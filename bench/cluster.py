@@ -3,7 +3,7 @@
     .venv/bin/python bench/cluster.py [CIFAR_VAL] [--skip-cifar] [--skip-digits] [--seed N]
                                       [--adapt EPOCHS [--adapt-dir DIR]] [--scan EPOCHS [--scan-rounds R] [--scan-dir DIR]
                                        [--scan-from adapted|imagenet] [--selflabel EPOCHS [--selflabel-dir DIR]
-                                       [--confident F]] [--then STEP ... --then-dir DIR]]
+                                       [--confident F]] [--then STEP ... --then-dir DIR]] [--out NAME]
 
 * cifar10-12k val (2,000 images, 10 classes), lite0 embeddings (cached on disk), defaults
   (L2 -> PCA 50 -> k-means, k=10). Target: ACC >= 0.70 and NMI >= 0.60. Baseline: k-means on the raw
@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import Timer, dataset_path, save, table
+from _common import Bench, Timer, table
 
 import imgclass
 from imgclass.learning.cluster import cluster, clustering_metrics
@@ -223,11 +223,10 @@ def bench_digits(seed: int) -> tuple[list[dict], dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cifar", nargs="?", help="cifar10-12k val folder (default ../shared/datasets/cifar10-12k/val)")
+    b = Bench("cluster", __doc__, data="cifar10-12k/val", seed=0)
+    ap = b.parser
     ap.add_argument("--skip-cifar", action="store_true")
     ap.add_argument("--skip-digits", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--adapt", type=int, default=0, metavar="EPOCHS",
                     help="also adapt lite0 to cifar train by SimCLR (last 2 blocks, no labels) for EPOCHS epochs")
     ap.add_argument("--adapt-dir", type=Path, help="keep the adapted backbone here (reused when it exists)")
@@ -248,7 +247,7 @@ def main() -> None:
                     help="after self-labelling: another scan or selflabel run from the last one (repeatable); "
                          "raN = N RandAugment operations per cached view, e.g. scan:6:ra2")
     ap.add_argument("--then-dir", type=Path, help="keep the --then runs here as DIR1, DIR2, ... (reused when they exist)")
-    args = ap.parse_args()
+    args = b.parse()
     rows, result = [], {"command": "python bench/cluster.py " + " ".join(sys.argv[1:]), "seed": args.seed}
     checks = []
     if not args.skip_digits:
@@ -257,7 +256,7 @@ def main() -> None:
         result["digits"] = d
         checks.append(("digits k-means ARI >= 0.60", d["metrics"]["ari"], d["metrics"]["ari"] >= 0.60))
     if not args.skip_cifar:
-        root = dataset_path("cifar10-12k/val", args.cifar)
+        root = b.dataset()
         r, c = bench_cifar(root, args.seed)
         rows += r
         result["cifar"] = c
@@ -266,7 +265,7 @@ def main() -> None:
         checks.append(("cifar10-12k val lite0 NMI >= 0.60", m["nmi"], m["nmi"] >= 0.60))
     from_imagenet = args.scan_from == "imagenet" and (args.scan or args.scan_dir)
     if args.adapt or args.adapt_dir or from_imagenet:
-        root = dataset_path("cifar10-12k/val", args.cifar)
+        root = b.dataset()
         if from_imagenet:  # SCAN straight from the ImageNet weights: no SimCLR step
             start, first = "lite0@imagenet", "ImageNet"
         else:
@@ -308,10 +307,11 @@ def main() -> None:
     print(table(rows, ["method", "dataset", "ACC", "NMI", "ARI", "seconds"], "clustering: imgclass vs baselines"))
     print()
     for what, value, ok in checks:
-        print(f"{what}: {value:.4f} {'PASS' if ok else 'FAIL'}")
+        b.check(what, ok, f"{value:.4f}")
     result["rows"] = rows
     result["checks"] = [{"target": w, "value": v, "pass": ok} for w, v, ok in checks]
-    print(f"\nsaved {save('cluster', result)}")
+    print()
+    b.save(result)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 ``imgclass curate`` finds, next to plain single-signal baselines in the same run; then retrain on the
 cleaned list and on the noisy set.
 
-    .venv/bin/python bench/curate_eval.py [CIFAR_ROOT] [--miml MIML_IMAGES] [--work DIR] [--seed 0]
+    .venv/bin/python bench/curate_eval.py [CIFAR_ROOT] [--miml MIML_IMAGES] [--work DIR] [--seed 0] [--out NAME]
 
 Injected with a fixed seed (the copies and scenes are written to --work, default a temporary folder;
 the originals are referenced in place, nothing is copied into the repository):
@@ -28,7 +28,6 @@ untouched val split.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, SHARED, Timer, dataset_path, save, table
+from _common import RESULTS, SHARED, Bench, Timer, table
 
 TARGETS = {"label_flips_recall_at_300": 0.70, "blur_recall": 0.95, "near_dup_recall": 0.95,
            "near_dup_false_pair_rate_strict": 0.01, "outlier_recall_at_100": 0.80}
@@ -109,18 +108,17 @@ def _montage(ds, pairs, path: Path, n: int = 48) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("root", nargs="?")
+    b = Bench("curate_eval", __doc__, data="cifar10-12k", seed=0)
+    ap = b.parser
     ap.add_argument("--miml", default=None)
     ap.add_argument("--work", default=None, help="folder for the injected copies and run outputs (default: temporary)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-retrain", action="store_true")
     ap.add_argument("--retrain-method", default="lite0+logreg",
                     help="method retrained on the noisy and the cleaned lists (e.g. lite0 for a fine-tuned net)")
     ap.add_argument("--retrain-img-size", type=int, default=None, help="deep retrain methods: input size")
     ap.add_argument("--retrain-epochs", type=int, default=None, help="deep retrain methods: epochs")
-    args = ap.parse_args()
-    root = dataset_path("cifar10-12k", args.root)
+    args = b.parse()
+    root = b.dataset()
     miml = Path(args.miml) if args.miml else SHARED / "miml-scenes" / "images"
     import imgclass
     from imgclass.curation import curate
@@ -257,11 +255,14 @@ def main() -> None:
         print(table(out, ["train set", "val accuracy", "seconds"], f"{args.retrain_method} retrained (excluded {m['excluded']} training items), scored on the full val split"))
     met = {k: (m[k] <= v if "false" in k else m[k] >= v) for k, v in TARGETS.items()}
     retrain_ok = (not args.skip_retrain) and m["retrain"][2]["val accuracy"] > m["retrain"][0]["val accuracy"]
-    print("targets: " + ", ".join(f"{k} {'MET' if ok else 'MISSED'}" for k, ok in met.items())
-          + ("" if args.skip_retrain else f", cleaned beats noisy {'MET' if retrain_ok else 'MISSED'}"))
+    for k, v in TARGETS.items():
+        b.target(k, m[k], "<=" if "false" in k else ">=", v)
+    if not args.skip_retrain:
+        b.check("cleaned beats noisy", retrain_ok,
+                f"{m['retrain'][2]['val accuracy']:.4f} vs {m['retrain'][0]['val accuracy']:.4f}")
     name = "curate_eval" if args.retrain_method == "lite0+logreg" else f"curate_eval_retrain_{args.retrain_method.replace('+', '_')}"
-    save(name, {**m, "targets": TARGETS, "met": met, "retrain_beats_noisy": retrain_ok,
-                         "command": ".venv/bin/python " + " ".join(sys.argv), "when_unix": time.time()})
+    b.save({**m, "targets": TARGETS, "met": met, "retrain_beats_noisy": retrain_ok,
+            "command": ".venv/bin/python " + " ".join(sys.argv), "when_unix": time.time()}, name)
 
 
 if __name__ == "__main__":

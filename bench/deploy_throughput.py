@@ -1,7 +1,7 @@
 """Deploy throughput (issue 8): imgclass predict with an exported ONNX model vs a raw ONNX Runtime
 session fed the same pre-processed tensors, and int8 / dynamic quantisation vs fp32, in one run.
 
-    .venv/bin/python bench/deploy_throughput.py [MODEL] [--val DIR] [--n 1000] [--repeats 5]
+    .venv/bin/python bench/deploy_throughput.py [MODEL] [--val DIR] [--n 1000] [--repeats 5] [--out NAME]
 
 MODEL is a deep bundle (default: bench/runs/cifar_lite0_128px_6ep_standard/model, made by
 bench/honest_eval.py: lite0 fine-tuned on cifar10-12k at 128 px). It is copied to a temporary folder,
@@ -9,16 +9,16 @@ exported (fp32, int8 calibrated on 256 training images, dynamic), and scored on 
 (sorted). Targets: imgclass predict >= 0.9x the raw session; int8 >= 1.7x fp32 with <= 1.0 point
 accuracy drop.
 
-    .venv/bin/python bench/deploy_throughput.py --classical [--val DIR] [--n 1000] [--n-train 5000]
+    .venv/bin/python bench/deploy_throughput.py --classical [--val DIR] [--n 1000] [--n-train 5000] [--quick]
 
 Classical section instead: pixels+logreg trained on N_TRAIN seeded training images, exported to ONNX
 (features + skl2onnx classifier in one graph), then the Python path (extractor + scikit-learn) against
 ONNX Runtime on the first N val images, with decoding and on pre-decoded pixels, plus label agreement.
+``--quick``: 200 val images, 500 training images, 2 repeats.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -27,24 +27,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import HERE, Timer, dataset_path, save, table
+from _common import HERE, Bench, Timer, table
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = Bench("deploy_throughput", __doc__, quick={"n": 200, "n_train": 500, "repeats": 2})
+    ap = b.parser
     ap.add_argument("model", nargs="?", default=str(HERE / "runs" / "cifar_lite0_128px_6ep_standard" / "model"))
     ap.add_argument("--val", default=None)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--classical", action="store_true", help="bench pixels+logreg (Python vs ONNX) instead")
     ap.add_argument("--n-train", type=int, default=5000)
-    args = ap.parse_args()
+    args = b.parse()
     if args.classical:
-        classical(args)
+        classical(b, args)
         return
     if not Path(args.model, "model.json").exists():
         raise SystemExit(f"bench: {args.model} is not a model bundle; train one (bench/honest_eval.py) or pass a path")
-    val = dataset_path("cifar10-12k", args.val) if args.val is None else Path(args.val)
+    val = b.dataset(args.val, "cifar10-12k")
     if (val / "val").exists():
         val = val / "val"
     import onnxruntime as ort
@@ -116,10 +117,13 @@ def main() -> None:
     int8_speed = results["int8"]["raw_img_s"] / results["fp32"]["raw_img_s"]
     int8_drop = (results["fp32"]["accuracy"] - results["int8"]["accuracy"]) * 100
     print(table(rows, ["runtime", "img/s", "accuracy", "MB"], f"lite0 bundle {args.model}, {len(sources)} val images, {threads} threads"))
-    print(f"imgclass predict / raw session: {ratio:.2f}x (target >= 0.9); int8 / fp32 speed {int8_speed:.2f}x "
-          f"(target >= 1.7), accuracy drop {int8_drop:.1f} points (target <= 1.0); fp32 export check max abs diff "
-          f"{summaries['fp32']['check']['max_abs_diff']:.1e}")
-    save("deploy_throughput", {"rows": rows, "results": results, "ratio_predict_vs_raw": ratio, "int8_speedup": int8_speed,
+    print(f"fp32 export check max abs diff {summaries['fp32']['check']['max_abs_diff']:.1e}")
+    b.target("imgclass predict / raw session speed", ratio, ">=", 0.9, ".2f", "x")
+    b.target("int8 / fp32 speed", int8_speed, ">=", 1.7, ".2f", "x")
+    b.target("int8 accuracy drop", int8_drop, "<=", 1.0, ".1f", " points")
+    b.record("ours", rate=results["imgclass_predict_fp32"]["img_s"], what="imgclass predict, fp32, decoding included")
+    b.record("baseline", rate=results["fp32"]["raw_img_s"], what="raw ONNX Runtime session, pre-decoded tensors")
+    b.save({"rows": rows, "results": results, "ratio_predict_vs_raw": ratio, "int8_speedup": int8_speed,
                                "int8_accuracy_drop_points": int8_drop, "check": summaries["fp32"]["check"],
                                "cpu_flags": sorted({f for f in Path("/proc/cpuinfo").read_text().split() if f.startswith(("avx", "amx")) or "vnni" in f})
                                if Path("/proc/cpuinfo").exists() else [],
@@ -127,7 +131,7 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def classical(args) -> None:
+def classical(b: Bench, args) -> None:
     """pixels+logreg: the Python path (extractor + scikit-learn) against its ONNX export."""
     import onnxruntime as ort
 
@@ -135,7 +139,7 @@ def classical(args) -> None:
     from imgclass.deploy import OnnxModel, export
     from imgclass.features import load_arrays
 
-    root = dataset_path("cifar10-12k", args.val)
+    root = b.dataset(args.val, "cifar10-12k")
     val, train = (root / "val", root / "train") if (root / "val").exists() else (root, root.parent / "train")
     tr = imgclass.load_dataset(train)
     pick = np.sort(np.random.default_rng(0).choice(len(tr), min(args.n_train, len(tr)), replace=False))
@@ -176,8 +180,8 @@ def classical(args) -> None:
     print(table(rows, ["runtime", "img/s", "accuracy"], f"pixels+logreg ({len(pick)} train images), {len(sources)} val images"))
     print(f"label agreement Python vs ONNX: {agree:.4f}; export check max abs diff {summary['check']['max_abs_diff']:.1e} "
           f"on {summary['check']['images']} images; {summary['bytes'] / 1e3:.0f} kB")
-    save("deploy_throughput_classical", {"rows": rows, "label_agreement": agree, "check": summary["check"],
-                                         "onnx_bytes": summary["bytes"], "command": ".venv/bin/python " + " ".join(sys.argv)})
+    b.save({"rows": rows, "label_agreement": agree, "check": summary["check"], "onnx_bytes": summary["bytes"],
+            "command": ".venv/bin/python " + " ".join(sys.argv)}, "deploy_throughput_classical")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

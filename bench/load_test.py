@@ -2,7 +2,7 @@
 bundle, compared with offline batch prediction of the same model on the same images in the same run;
 then the bad uploads, each of which must get its 4xx while the server stays up.
 
-    .venv/bin/python bench/load_test.py [MODEL] [--data DIR] [--images 1000] [--clients 16] [--duration 60]
+    .venv/bin/python bench/load_test.py [MODEL] [--data DIR] [--images 1000] [--clients 16] [--duration 60] [--quick]
 
 MODEL is a bundle folder. Without it, ``bench/runs/load_test_lite0/model`` is used, trained first if
 missing with the equivalent of
@@ -11,7 +11,8 @@ missing with the equivalent of
 
 (quick when the lite0 embeddings of CIFAR-10 12k are already in the cache; about 5 min cold on 2 cores).
 The images are a seeded sample of ``--images`` files from the dataset's ``val`` split (default
-``../shared/datasets/cifar10-12k/val``, see ``_common.dataset_path``). ``--duration 5`` is a smoke run.
+``../shared/datasets/cifar10-12k/val``, see ``_common.dataset_path``). ``--duration 5`` is a smoke run
+(``--quick``: 5 s, 200 images, not saved unless ``--out`` is given).
 
 Both sides run without the on-disk embedding cache (the server never uses it for uploads; offline it
 would turn the baseline into cache reads). Targets: server throughput >= 0.70 x offline, zero 5xx.
@@ -20,7 +21,6 @@ Prints a table and saves ``bench/results/load_test.json``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shlex
@@ -35,7 +35,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from _common import HERE, dataset_path, save, table
+from _common import HERE, Bench, table
 
 DEFAULT_RUN = HERE / "runs" / "load_test_lite0"
 
@@ -191,7 +191,8 @@ def bad_uploads(url: str, good: bytes, truncated_src: bytes, proc: subprocess.Po
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = Bench("load_test", __doc__, quick={"duration": 5.0, "images": 200})
+    ap = b.parser
     ap.add_argument("model", nargs="?", help="bundle folder (default: bench/runs/load_test_lite0/model, trained if missing)")
     ap.add_argument("--data", help="CIFAR-10 12k folder (its val/ split is used)")
     ap.add_argument("--images", type=int, default=1000)
@@ -201,9 +202,9 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
     ap.add_argument("--tag", default="", help="suffix of the results file")
-    args = ap.parse_args()
+    args = b.parse()
 
-    root = dataset_path("cifar10-12k", args.data)
+    root = b.dataset(args.data, "cifar10-12k")
     bundle = ensure_model(args.model, root)
     paths = sample_images(root / "val" if (root / "val").is_dir() else root, args.images)
     payloads = [(str(p), p.read_bytes()) for p in paths]
@@ -253,23 +254,25 @@ def main() -> None:
     print()
     print(table(rows, ["mode", "requests", "5xx", "p50_ms", "p99_ms", "img_per_s"],
                 f"imgclass serve {bundle.name} on loopback, {os.cpu_count()} CPUs"))
-    print(f"\nserver / offline throughput: {ratio:.3f} (target >= 0.70: {'PASS' if ratio >= 0.70 else 'FAIL'}); "
-          f"5xx: {srv['5xx']} (target 0: {'PASS' if srv['5xx'] == 0 else 'FAIL'}); client-side errors: "
-          f"{srv['client_errors']}; mean micro-batch {mean_batch:.1f} images; top-1 agreement with offline "
-          f"{agreement:.4f} on {len(same)} images")
+    print(f"\nclient-side errors: {srv['client_errors']}; mean micro-batch {mean_batch:.1f} images; top-1 agreement "
+          f"with offline {agreement:.4f} on {len(same)} images")
+    b.target("server / offline throughput", ratio, ">=", 0.70, ".3f")
+    b.target("5xx responses", srv["5xx"], "==", 0, "d")
     print()
     print(table(bad, ["upload", "bytes", "want", "got", "code", "ms", "next_good", "server_up"], "bad uploads"))
     all_bad_ok = all(r["ok"] for r in bad) and healthy
-    print(f"\nbad uploads: {'PASS' if all_bad_ok else 'FAIL'} (each got its 4xx, the next good request 200, "
-          f"server still up: {healthy})")
+    print()
+    b.check("bad uploads", all_bad_ok, f"each got its 4xx, the next good request 200, server still up: {healthy}")
+    b.record("ours", rate=srv["ips"], what="imgclass serve")
+    b.record("baseline", rate=off["ips"], what="offline imgclass.predict")
     srv.pop("labels")
-    save("load_test" + (f"_{args.tag}" if args.tag else ""), {
+    b.save({
         "command": "python " + shlex.join(["bench/load_test.py", *sys.argv[1:]]), "model": str(bundle),
         "images": len(paths), "clients": args.clients, "duration_s": args.duration, "workers": args.workers,
         "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "server": srv,
         "offline": {"seconds": off["seconds"], "ips": off["ips"]}, "ratio": ratio, "mean_batch": mean_batch,
         "top1_agreement": agreement, "bad_uploads": bad, "healthy_after": healthy,
-        "pass": bool(ratio >= 0.70 and srv["5xx"] == 0 and all_bad_ok)})
+        "pass": bool(ratio >= 0.70 and srv["5xx"] == 0 and all_bad_ok)}, "load_test" + (f"_{args.tag}" if args.tag else ""))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@
 
 Each sub-benchmark goes through ``imgclass.train`` exactly as ``imgclass train`` does (the CLI
 equivalent is printed), prints a table and saves ``bench/results/tasks_<name>.json``. Options after
-the name are ``--method M`` and, for deep methods, ``--epochs N``, ``--unfreeze N``, ``--img-size N``.
+the name are ``--method M`` and, for deep methods, ``--epochs N``, ``--unfreeze N``, ``--img-size N``;
+``--out NAME`` replaces the results file's name.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import tempfile
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import HERE, Timer, dataset_path, save, table
+from _common import HERE, Bench, Timer, dataset_path, table
 
 import imgclass
 from imgclass.tasks import metrics
@@ -208,7 +208,8 @@ BENCHES = {"miml": bench_miml, "omniglot": bench_omniglot, "taxonomy": bench_tax
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = Bench("tasks", __doc__)
+    ap = b.parser
     ap.add_argument("name", choices=list(BENCHES))
     ap.add_argument("--data", default=None, help="dataset folder (default ../shared/datasets/...)")
     ap.add_argument("--method", default=None)
@@ -224,13 +225,13 @@ def main() -> None:
     ap.add_argument("--tta", default=None, help="hierarchical: also evaluate with these --tta modes (comma list)")
     ap.add_argument("--keep", default=None, help="keep the hierarchical runs (bundle, split) in KEEP/<strategy>; a run already "
                     "there is evaluated again instead of retrained")
-    args = ap.parse_args()
+    args = b.parse()
     t0 = time.perf_counter()
     res = BENCHES[args.name](args)
     res["command"] = "python bench/tasks.py " + " ".join(sys.argv[1:])
     res["total_s"] = time.perf_counter() - t0
     suffix = "_" + args.method.replace("+", "-").replace("@", "-") if args.method else ""
-    save(f"tasks_{args.name}{suffix}{'_' + args.tag if args.tag else ''}", res)
+    b.save(res, f"tasks_{args.name}{suffix}{'_' + args.tag if args.tag else ''}")
 
 
 if __name__ == "__main__":
