@@ -143,14 +143,14 @@ def test_train_text_output(session, tmp_path):
     assert (tmp_path / "r" / "model" / "model.json").exists()
 
 
-def test_train_into_existing_run_dir_makes_a_new_one(session, tmp_path):
+def test_train_into_existing_folder_is_refused_not_renamed(session, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "keep.txt").write_text("x")
     rc, out, err = _run(["train", str(session["data"]), "--method", "pixels+logreg", "--out", str(tmp_path / "r"),
                          "--json"])
-    assert rc == 0, err
-    assert Path(json.loads(out)["run_dir"]) == tmp_path / "r-2"
-    assert (tmp_path / "r" / "keep.txt").read_text() == "x"
+    _assert_one_line_error(rc, out, err, str(tmp_path / "r"), "already holds", "--overwrite", "--resume")
+    assert not (tmp_path / "r-2").exists()
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["keep.txt"]
 
 
 def test_evaluate_json(session, tmp_path):

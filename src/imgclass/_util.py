@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +25,70 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_UMASK_LOCK = threading.Lock()
+
+#: errno values that mean "the disk or folder refuses the write" (not a bug): reported as ``OutputError``.
+WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EFBIG")
+                         if hasattr(errno, n))
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it when Linux shows it in ``/proc/self/status``; else the
+    ``os.umask`` set-and-restore dance under a lock (threads writing at that instant would get mode 0)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def write_error(path: str | os.PathLike, exc: OSError):
+    """The one-line ``OutputError`` for a failed write of ``path`` (read-only folder, full disk, ...)."""
+    from .errors import OutputError
+
+    why = exc.strerror or str(exc)
+    hint = {errno.ENOSPC: "free some space or write elsewhere",
+            getattr(errno, "EDQUOT", -1): "free some space or write elsewhere",
+            errno.EROFS: "choose a writable folder", errno.EACCES: "choose a folder you may write to",
+            errno.EPERM: "choose a folder you may write to"}.get(exc.errno or 0, "check the path or choose another one")
+    return OutputError(f"cannot write {os.fspath(path)}: {why}; {hint}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary file next to ``path`` for a writer that wants a file name (e.g. safetensors'
     ``save_file``); when the block ends without an error it is fsynced and renamed over ``path``,
-    otherwise removed, so ``path`` is either the old file or the complete new one."""
+    otherwise removed, so ``path`` is either the old file or the complete new one.
+
+    The file gets the mode a plain ``open`` would give (``0o666 & ~umask``, not ``mkstemp``'s 0600), and a
+    refused write (read-only folder, full disk) raises ``OutputError`` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+        finally:
+            os.close(fd)
+        try:
+            yield Path(tmp)
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise write_error(path, exc) from None
+            raise
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -122,29 +174,49 @@ class ConfigDict:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
 
-    A reader never sees a half-written bundle: either the old folder or the new one.
+    A reader never sees a half-written bundle: either the old folder or the new one. A refused write
+    (read-only folder, full disk) raises ``OutputError`` and leaves the old folder as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        yield tmp
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # mode 0o777 & ~umask, like any folder
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise write_error(path, exc) from None
+            raise
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Fsync the files of ``tmp`` and rename it to ``path``; the old ``path`` is put back if that fails."""
+    old = None
+    try:
         for f in tmp.iterdir():
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as exc:
+        if old is not None and not path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, path)
+        raise write_error(path, exc) from None
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class _NullBar:

@@ -55,8 +55,8 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
           calibrate: bool = True, unlabeled: ImageDataset | str | os.PathLike | None = None,
           semi: str | None = None, pseudo_threshold: float | None = None,
           exclude: str | os.PathLike | None = None,
-          params: dict[str, Any] | str | os.PathLike | None = None,
-          log: Callable[[str], Any] = lambda m: None):
+          params: dict[str, Any] | str | os.PathLike | None = None, overwrite: bool = False,
+          duplicates: str = "drop", log: Callable[[str], Any] = lambda m: None):
     """Train ``method`` (default ``hog+svm``) on ``data``. With ``out`` the whole run directory is written.
 
     ``data`` is a dataset or a path. When ``val`` is not given, a seeded stratified split of ``data``
@@ -89,7 +89,13 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
     ``method``) or a dict like its ``"params"``. Deep ones go into ``train_config`` (explicit
     ``train_config`` values win), classical ones into the classifier and feature extractor; they are
     kept in ``config.yaml`` and the bundle.
+
+    ``out`` must be a new or empty folder; one that already holds files is refused unless
+    ``overwrite=True`` (which empties it; only imgclass run folders). A folder another run is writing
+    to is refused either way. ``duplicates`` (``drop``, ``keep`` or ``error``) is the policy for an image
+    listed more than once or in two splits; see ``imgclass.data.duplicates``.
     """
+    from .data.duplicates import check_policy, overlap, resolve_duplicates, resolve_overlap
     from .models import parse_spec
 
     if resume is not None:
@@ -100,6 +106,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
     if "train_config" in param_kw:
         train_config = {**param_kw.pop("train_config"), **(train_config or {})}
     spec = parse_spec(method)  # a bad --method fails before anything is written
+    check_policy(duplicates)
     dist = _init_distributed(spec.kind, train_config)
     if not dist.is_main:
         log = _quiet
@@ -115,17 +122,22 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
     if semi_kw and spec.kind == "deep" and pseudo_threshold is not None:
         train_config = {**(train_config or {}), "pseudo_threshold": float(pseudo_threshold)}
     preprocess = _as_preprocess(preprocess)
+    ds = resolve_duplicates(ds, duplicates, log)
     if val is None:
         idx, train_ds, val_ds = prepare_split(ds, val_split, seed, split_file)
+        kept = resolve_overlap(train_ds, val_ds, duplicates, log)
+        if len(kept) != len(val_ds):
+            idx["val"] = np.delete(idx["val"], overlap(train_ds.sources, val_ds.sources))
+            val_ds = kept
     else:
-        idx, train_ds, val_ds = None, ds, val
+        idx, train_ds, val_ds = None, ds, resolve_overlap(ds, val, duplicates, log)
     run = ckpt = None
     if out is not None and not dist.is_main:  # other ranks write nothing; they only read checkpoints on resume
         from .training import distributed
 
         ckpt = Path(distributed.broadcast(None)) / "checkpoints"
     elif out is not None:
-        run = RunDir.create(out)
+        run = RunDir.create(out, overwrite=overwrite, remedy=TRAIN_REMEDY)
         if dist.enabled:
             from .training import distributed
 
@@ -142,6 +154,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
                                        "min_confidence": min_confidence, "hierarchy": hierarchy, "balance": balance,
                                        "calibrate": calibrate},
                           "exclude": os.path.abspath(exclude) if exclude is not None else None,
+                          "duplicates": duplicates,
                           "semi": {"unlabeled": os.path.abspath(unlabeled) if isinstance(unlabeled, (str, os.PathLike))
                                    else None, "method": semi, "pseudo_threshold": pseudo_threshold}
                           if unlabeled is not None else None,
@@ -149,11 +162,19 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
         if idx is not None:
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         run.log(f"train {method} on {len(train_ds)} images, validate on {len(val_ds)}")
-    return _fit_and_record(spec.kind, ds, train_ds, val_ds, method, run, ckpt=ckpt, seed=seed, n_jobs=n_jobs,
-                           max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
-                           img_size=img_size, pretrained=pretrained, resume=False, log=log, positive=positive,
-                           threshold_for=threshold_for, min_confidence=min_confidence, hierarchy=hierarchy,
-                           balance=balance, calibrate=calibrate, **semi_kw, **param_kw)
+    try:
+        return _fit_and_record(spec.kind, ds, train_ds, val_ds, method, run, ckpt=ckpt, seed=seed, n_jobs=n_jobs,
+                               max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
+                               img_size=img_size, pretrained=pretrained, resume=False, log=log, positive=positive,
+                               threshold_for=threshold_for, min_confidence=min_confidence, hierarchy=hierarchy,
+                               balance=balance, calibrate=calibrate, **semi_kw, **param_kw)
+    finally:
+        if run is not None:
+            run.release()
+
+
+TRAIN_REMEDY = ("pass --overwrite to replace it, --resume DIR to continue an interrupted deep run, or choose "
+                "another --out")
 
 
 def _tuned_params(method: str | None, params) -> tuple[str, dict[str, Any]]:
@@ -244,10 +265,10 @@ def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, ckp
 def _resume(run_path: str | os.PathLike, log):
     import yaml
 
-    run = RunDir(run_path)
-    cfg_file = run.path / "config.yaml"
+    cfg_file = Path(run_path) / "config.yaml"
     if not cfg_file.exists():
         raise ConfigError(f"--resume {run_path}: no config.yaml there; pass a run directory of 'imgclass train'")
+    run = RunDir(run_path)
     cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
     from .models import parse_spec
 
@@ -255,6 +276,8 @@ def _resume(run_path: str | os.PathLike, log):
     if spec.kind != "deep":
         raise ConfigError(f"--resume {run_path}: only deep runs have checkpoints to resume; retrain {cfg['method']}")
     dist = _init_distributed(spec.kind, cfg.get("train"))
+    if dist.is_main:
+        run = RunDir.open(run_path)  # refused while another process writes the run
     ds = load_dataset(cfg["data"], task=cfg.get("task"), taxonomy=cfg.get("taxonomy"))
     if cfg.get("exclude"):
         ds, _ = ds.without(cfg["exclude"])
@@ -269,11 +292,15 @@ def _resume(run_path: str | os.PathLike, log):
     semi_cfg = cfg.get("semi") or {}
     semi_kw = (_semi_options(spec.kind, ds, semi_cfg["unlabeled"], semi_cfg.get("method"), None, log)
                if semi_cfg.get("unlabeled") else {})
-    return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, ckpt=ckpt, seed=cfg.get("seed", 0),
-                           n_jobs=cfg.get("n_jobs"), max_pixels=cfg.get("max_pixels"),
-                           preprocess=_as_preprocess(cfg.get("preprocess")), train_config=cfg.get("train"),
-                           img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log,
-                           **(cfg.get("decision") or {}), **semi_kw)
+    try:
+        return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, ckpt=ckpt,
+                               seed=cfg.get("seed", 0), n_jobs=cfg.get("n_jobs"), max_pixels=cfg.get("max_pixels"),
+                               preprocess=_as_preprocess(cfg.get("preprocess")), train_config=cfg.get("train"),
+                               img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log,
+                               **(cfg.get("decision") or {}), **semi_kw)
+    finally:
+        if run is not None:
+            run.release()
 
 
 def lr_find(data: ImageDataset | str | os.PathLike, method: str, *, out: str | os.PathLike | None = None,
@@ -378,8 +405,9 @@ def evaluate(model, data: ImageDataset | str | os.PathLike, out: str | os.PathLi
 def compare(data: ImageDataset | str | os.PathLike, methods: Sequence[str], *, val_split: float = 0.2,
             seed: int = 0, task: str | None = None, split_file: str | None = None, n_jobs: int | None = None,
             out: str | os.PathLike | None = None, preprocess: Preprocess | dict | None = None,
-            log: Callable[[str], Any] = lambda m: None) -> list[dict[str, Any]]:
-    """Train and score several methods on the same split; returns leaderboard rows, best first."""
+            overwrite: bool = False, log: Callable[[str], Any] = lambda m: None) -> list[dict[str, Any]]:
+    """Train and score several methods on the same split; returns leaderboard rows, best first. ``out``
+    must be new or empty unless ``overwrite`` (as in ``train``)."""
     from .evaluation import compare as _compare
 
     if not methods:
@@ -390,7 +418,7 @@ def compare(data: ImageDataset | str | os.PathLike, methods: Sequence[str], *, v
     idx, train_ds, val_ds = prepare_split(ds, val_split, seed, split_file)
     save_dir = None
     if out is not None:
-        run = RunDir.create(out)
+        run = RunDir.create(out, overwrite=overwrite)
         ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         save_dir = run.path / "models"
     rows = _compare(train_ds, val_ds, methods, seed=seed, n_jobs=n_jobs, save_dir=save_dir,

@@ -18,6 +18,10 @@ class ConfigError(ImgclassError):
     """An option, method spec or configuration value is invalid."""
 
 
+class OutputError(ConfigError):
+    """A file or folder cannot be written (read-only, disk full, or a run folder taken by another run)."""
+
+
 class ModelFormatError(ImgclassError):
     """A model bundle is missing, damaged, too new or holds untrusted types."""
 

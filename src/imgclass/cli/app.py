@@ -24,6 +24,11 @@ app.add_typer(data_app, name="data")
 TASK_HELP = "Override the inferred task: binary, multiclass, multilabel or hierarchical."
 MAX_PIXELS_HELP = "Refuse images larger than this many pixels (decompression-bomb guard)."
 JOBS_HELP = "Worker processes for decoding and features (default: all cores)."
+DUPLICATES_HELP = ("An image listed more than once or in two splits: drop (default, with a warning: repeats with "
+                   "the same label collapse into one entry, the train one when splits differ; every entry of an "
+                   "image with conflicting labels is left out; an image in both train and val is left out of "
+                   "val), keep (use every entry, with a warning) or error (refuse).")
+OVERWRITE_HELP = "Empty an existing run folder given as --out and write into it (only imgclass run folders)."
 
 SizeOpt = Annotated[int | None, typer.Option("--size", help="Resize images to SIZE x SIZE first (default: the features' own size).", rich_help_panel="Pre-processing")]
 ResizeOpt = Annotated[str, typer.Option("--resize", help="How to reach --size: squash, pad (letterbox) or crop (centre).", rich_help_panel="Pre-processing")]
@@ -110,7 +115,9 @@ def train(
     method: Annotated[str | None, typer.Option("--method", "-m", help="Method spec, e.g. hog+svm, lite0+logreg, lite0, smallcnn (see 'imgclass methods'); default hog+svm, or the method in --params.")] = None,
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the split and the estimator.")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<data>-<method>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory: a new or empty folder (default: the first free runs/<data>-<method>, -2, -3, ...). A folder with files in it is refused unless --overwrite; one that another run is writing to is always refused.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+    duplicates: Annotated[str, typer.Option(help=DUPLICATES_HELP)] = "drop",
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
     split: Annotated[Path | None, typer.Option(help="Reuse a split.json from an earlier run.")] = None,
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
@@ -164,22 +171,36 @@ def train(
     if resume is not None:
         model = api.train(resume=resume, log=_err)
     else:
-        if out is None:
-            from ..training import default_run_dir
+        claimed = None
+        if out is None and data is not None:
+            from ..training import RunDir, default_run_dir
+            from ..training.distributed import is_main
 
             if params is not None:
                 from ..training.tuning import resolve_params
 
                 method = resolve_params(params, method)[0]
             out = default_run_dir(data, method or "hog+svm")
-        model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
-                          split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
-                          preprocess=_preprocess(size, resize, grayscale, denoise, equalize),
-                          train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err,
-                          taxonomy=taxonomy, hierarchy=hierarchy, min_confidence=min_confidence, positive=positive,
-                          threshold_for=threshold_for, balance=balance, calibrate=calibrate,
-                          unlabeled=unlabeled, semi=semi, pseudo_threshold=pseudo_threshold,
-                          exclude=str(exclude) if exclude else None, params=params)
+            if is_main():  # a fresh folder, claimed atomically (other ranks get rank 0's through train)
+                out = claimed = RunDir.claim_name(out)
+        try:
+            model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
+                              split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
+                              preprocess=_preprocess(size, resize, grayscale, denoise, equalize),
+                              train_config=deep or None, img_size=img_size, pretrained=pretrained, log=_err,
+                              taxonomy=taxonomy, hierarchy=hierarchy, min_confidence=min_confidence,
+                              positive=positive, threshold_for=threshold_for, balance=balance, calibrate=calibrate,
+                              unlabeled=unlabeled, semi=semi, pseudo_threshold=pseudo_threshold,
+                              exclude=str(exclude) if exclude else None, params=params, overwrite=overwrite,
+                              duplicates=duplicates)
+        except BaseException:
+            if claimed is not None:  # nothing written yet: give the default name back (fails if not empty)
+                import contextlib
+                import os
+
+                with contextlib.suppress(OSError):
+                    os.rmdir(claimed)
+            raise
     from ..training.distributed import is_main
 
     if not is_main():  # under torchrun rank 0 reports
@@ -427,7 +448,8 @@ def compare(
     methods: Annotated[str, typer.Option("--methods", "-m", help="Method specs separated by commas, e.g. hog+svm,hog,color_hist+rf,pixels+knn.")] = "hog+svm,lbp+rf,pixels+knn,hog+logreg",
     val_split: Annotated[float, typer.Option(help="Fraction held out for validation (ignored with pre-split folders).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the split and the estimators.")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Keep split.json, leaderboard.json and every bundle here.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Keep split.json, leaderboard.json and every bundle here (a new or empty folder).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
     split: Annotated[Path | None, typer.Option(help="Reuse a split.json from an earlier run.")] = None,
     jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
@@ -440,7 +462,7 @@ def compare(
     from ..models import split_methods
 
     rows = api.compare(data, split_methods(methods), val_split=val_split, seed=seed, task=task,
-                       split_file=str(split) if split else None, n_jobs=jobs, out=out,
+                       split_file=str(split) if split else None, n_jobs=jobs, out=out, overwrite=overwrite,
                        preprocess=_preprocess(size, resize, grayscale, denoise, equalize), log=_err)
     if json_out:
         _print_json([{k: v for k, v in r.items() if k != "metrics"} for r in rows])

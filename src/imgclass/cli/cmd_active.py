@@ -71,7 +71,7 @@ def suggest(
     if out is None:
         from ..training import RunDir, default_run_dir
 
-        out = RunDir.create(default_run_dir(data, "active")).path
+        out = RunDir.claim_name(default_run_dir(data, "active"))
     res = _suggest(data, pool, budget, strategy=strategy, method=method, seed=seed, task=task, n_jobs=jobs,
                    max_pixels=max_pixels, out=out, log=_err)
     _warn_skipped(res.skipped)
@@ -122,7 +122,7 @@ def simulate(
     if out is None:
         from ..training import RunDir, default_run_dir
 
-        out = RunDir.create(default_run_dir(data, "active-sim")).path
+        out = RunDir.claim_name(default_run_dir(data, "active-sim"))
     res = _simulate(data, strategies=strategies, rounds=rounds, per_round=per_round, initial=initial, init=init,
                     seeds=seeds, method=method, val=val, task=task, n_jobs=jobs, max_pixels=max_pixels, out=out,
                     log=_err)

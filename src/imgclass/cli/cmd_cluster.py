@@ -106,7 +106,7 @@ def cluster(
     if out is None:
         from ..training import RunDir, default_run_dir
 
-        out = RunDir.create(default_run_dir(data, f"cluster-{features}-{algo}")).path
+        out = RunDir.claim_name(default_run_dir(data, f"cluster-{features}-{algo}"))
     res.write(out)
     _warn_skipped(res.skipped)
     if json_out:

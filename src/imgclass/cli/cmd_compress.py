@@ -14,10 +14,12 @@ SPLIT_HELP = ("Validation split: the model's own run split when DATA is its trai
 
 
 def _default_out(model: str, suffix: str) -> Path:
-    """``runs/NAME-SUFFIX`` next to ``runs/NAME/model`` (``RunDir`` adds -2, -3 … when it is taken)."""
+    """``runs/NAME-SUFFIX`` next to ``runs/NAME/model``, or ``-2``, ``-3`` … when it is taken (claimed atomically)."""
+    from ..training import RunDir
+
     p = Path(model)
     run = p.parent if p.name == "model" else p
-    return run.with_name(f"{run.name}-{suffix}")
+    return RunDir.claim_name(run.with_name(f"{run.name}-{suffix}"))
 
 
 def _table(summary: dict, title: str):

@@ -64,7 +64,7 @@ def curate(
     if out is None:
         from ..training import RunDir, default_run_dir
 
-        out = RunDir.create(default_run_dir(data, "curate")).path
+        out = RunDir.claim_name(default_run_dir(data, "curate"))
     files = {k: str(v) for k, v in res.write(out).items()}
     if export_clean is not None:
         kept, excluded = res.export_clean(export_clean, types)

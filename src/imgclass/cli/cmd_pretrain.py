@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .app import JOBS_HELP, MAX_PIXELS_HELP, _err, _print_json, _warn_skipped, app
+from .app import JOBS_HELP, MAX_PIXELS_HELP, OVERWRITE_HELP, _err, _print_json, _warn_skipped, app
 
 _PANEL = "Objective"
 
@@ -23,6 +23,7 @@ def pretrain(
     img_size: Annotated[int | None, typer.Option(help="Input size in pixels (default: the backbone's); stored with the weights.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<DIR>-<method>-<backbone>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its directory, after its last finished epoch.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-3 for AdamW, 1e-3 for BYOL).", rich_help_panel=_PANEL)] = None,
     temperature: Annotated[float | None, typer.Option(help="SimCLR: softmax temperature (default 0.2); selflabel: of its cosine classifier (default 0.1).", rich_help_panel=_PANEL)] = None,
     view_size: Annotated[int | None, typer.Option(help="Side of the augmented views (default: 3/4 of --img-size; with --unfreeze, --img-size); smaller is faster.", rich_help_panel=_PANEL)] = None,
@@ -46,7 +47,7 @@ def pretrain(
                     out=out, resume=resume, seed=seed, n_jobs=jobs, max_pixels=max_pixels, log=_err, lr=lr,
                     temperature=temperature, view_size=view_size, hflip=hflip, unfreeze=unfreeze,
                     view_bank=view_bank, clusters=clusters, neighbors=neighbors, entropy_weight=entropy_weight,
-                    confident=confident, randaugment=randaugment)
+                    confident=confident, randaugment=randaugment, overwrite=overwrite)
     _warn_skipped(res.skipped)
     if json_out:
         _print_json({"run_dir": str(res.run_dir), "backbone": res.backbone, "method": res.method, "arch": res.arch,

@@ -20,10 +20,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._util import progress_bar
-from ..errors import DataError
+from .._util import progress_bar, write_error
+from ..errors import DataError, OutputError
 
 COLUMNS = ("path", "label", "probability", "top_k", "error")
+
+
+def _resolved(src: str) -> str:
+    """The key resume matches on: the real absolute path, so ``imgs/a.png`` and ``/data/imgs/a.png`` are one image
+    (a tar-shard member keeps its name)."""
+    return src if type(src) is not str else os.path.realpath(src)
 
 
 def _existing(path: Path) -> tuple[set[str], list[str] | None]:
@@ -45,7 +51,7 @@ def _existing(path: Path) -> tuple[set[str], list[str] | None]:
     if "path" not in header:
         raise DataError(f"{path}: exists but is not a prediction CSV (no path column); choose another --out")
     k = header.index("path")
-    return {r[k] for r in rows[1:] if len(r) > k}, header
+    return {_resolved(r[k]) for r in rows[1:] if len(r) > k}, header
 
 
 def _row(src: str, pred, error: str | None) -> dict[str, Any]:
@@ -77,18 +83,23 @@ def _predict_part(model, sources: Sequence[str], out: str | os.PathLike, *, top_
     from ..models.tta import predict_proba_tta
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done, header = _existing(out)
-    if header is not None and list(header) != list(COLUMNS):
-        raise DataError(f"{out}: has other columns ({', '.join(header)}); choose another --out")
-    todo = [s for s in sources if s not in done]
-    if done:
-        log(f"{out}: {len(done)} images already predicted, {len(todo)} to go")
-    counts = {"total": len(sources), "skipped": len(sources) - len(todo), "predicted": 0, "errors": 0}
-    with open(out, "a", encoding="utf-8", newline="") as f, progress_bar(len(todo), "predict") as bar:
-        w = csv.DictWriter(f, COLUMNS)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = open(out, "ab", buffering=0)  # raw: each chunk is one write that can be undone
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    with f, progress_bar(len(sources), "predict") as bar:
+        _lock(f, out)  # a second 'predict --out' to the same file would interleave rows
+        done, header = _existing(out)
+        if header is not None and list(header) != list(COLUMNS):
+            raise DataError(f"{out}: has other columns ({', '.join(header)}); choose another --out")
+        todo = [s for s in sources if _resolved(s) not in done]
+        if done:
+            log(f"{out}: {len(done)} images already predicted, {len(todo)} to go")
+        counts = {"total": len(sources), "skipped": len(sources) - len(todo), "predicted": 0, "errors": 0}
+        bar.advance(counts["skipped"])
         if header is None:
-            w.writeheader()
+            _append(f, out, ",".join(COLUMNS) + "\r\n")
         for s in range(0, len(todo), chunk):
             batch = list(todo[s:s + chunk])
             P = predict_proba_tta(model, batch, tta)
@@ -100,12 +111,40 @@ def _predict_part(model, sources: Sequence[str], out: str | os.PathLike, *, top_
                 row = _row(src, pred, errors.get(src))
                 counts["errors"] += bool(row["error"])
                 bw.writerow(row)
-            f.write(buf.getvalue())  # one write per chunk, then flushed to disk
-            f.flush()
-            os.fsync(f.fileno())
+            _append(f, out, buf.getvalue())
             counts["predicted"] += len(batch)
             bar.advance(len(batch))
     return counts
+
+
+def _lock(f, out: Path) -> None:
+    """An exclusive lock on the CSV for this run (none where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise OutputError(f"--out {out}: another 'imgclass predict' is writing it; wait for it or choose another "
+                          "--out") from None
+
+
+def _append(f, out: Path, text: str) -> None:
+    """One chunk's rows in one write, flushed to disk; on a refused write (disk full) the partial chunk is cut
+    off again so the rows before it stay valid, and the error names ``out``."""
+    start = os.fstat(f.fileno()).st_size
+    try:
+        view = memoryview(text.encode("utf-8"))
+        while view:
+            view = view[f.write(view):]
+        os.fsync(f.fileno())
+    except OSError as exc:
+        try:
+            os.ftruncate(f.fileno(), start)
+        except OSError:
+            pass
+        raise write_error(out, exc) from None
 
 
 def _predict_sharded(model, sources: Sequence[str], out: Path, *, top_k: int, chunk: int, tta: str | None,
@@ -121,7 +160,7 @@ def _predict_sharded(model, sources: Sequence[str], out: Path, *, top_k: int, ch
     done, header = _existing(out)
     if header is not None and list(header) != list(COLUMNS):
         raise DataError(f"{out}: has other columns ({', '.join(header)}); choose another --out")
-    todo = [s for s in sources if s not in done]
+    todo = [s for s in sources if _resolved(s) not in done]
     lo, hi = distributed.shard_range(len(todo), d.rank, d.world)
     part = out.with_name(f"{out.name}.part{d.rank}-of{d.world}")
     c = _predict_part(model, todo[lo:hi], part, top_k=top_k, chunk=chunk, tta=tta,

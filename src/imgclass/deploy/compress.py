@@ -344,7 +344,7 @@ def _finish(model, val_ds, y_val: np.ndarray, rule, log: Callable[[str], Any]) -
 def _run_dir(out, hint: str):
     from ..training import RunDir
 
-    return RunDir.create(out, hint=hint)
+    return RunDir.create(out, hint=hint, remedy="choose another --out (or delete that folder)")
 
 
 def _write_run(run, ds, idx, val_split: float, seed: int, config: dict[str, Any]) -> None:

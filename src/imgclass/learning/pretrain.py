@@ -715,7 +715,7 @@ def pretrain(data: Any = None, method: str | None = None, backbone: str | None =
              batch_size: int | None = None, img_size: int | None = None, out: str | os.PathLike | None = None,
              resume: str | os.PathLike | None = None, seed: int | None = None, n_jobs: int | None = None,
              max_pixels: int | None = None, log: Callable[[str], Any] = lambda m: None,
-             on_epoch: Callable[[dict], Any] | None = None, **options: Any) -> PretrainResult:
+             on_epoch: Callable[[dict], Any] | None = None, overwrite: bool = False, **options: Any) -> PretrainResult:
     """Pretrain ``backbone`` (default ``smallcnn``) on the images of ``data`` (a folder, CSV, JSONL or
     ``ImageDataset``; labels, if any, are ignored) with ``method`` (``simclr`` (default), ``byol``,
     ``rotation``, ``scan``); write the run directory
@@ -749,7 +749,8 @@ def pretrain(data: Any = None, method: str | None = None, backbone: str | None =
                               f"--method {'simclr' if cfg.method == 'scan' else 'scan'})")
     ds = data if isinstance(data, ImageDataset) else load_dataset(data)
     name = Path(os.fspath(data)).name if not isinstance(data, ImageDataset) else ds.name
-    run = RunDir.create(out, hint=f"{name}-{method}-{Path(cfg.backbone).name}")
+    run = RunDir.create(out, hint=f"{name}-{method}-{Path(cfg.backbone).name}", overwrite=overwrite,
+                        remedy="pass --resume to continue it, --overwrite to replace it, or choose another --out")
     run.write_config({"command": "pretrain", "data": os.path.abspath(data) if not isinstance(data, ImageDataset)
                       else ds.name, "pretrain": cfg.to_dict(), "n_jobs": n_jobs, "max_pixels": max_pixels,
                       "data_fingerprint": ds.fingerprint(), "platform": platform.platform()})
@@ -785,7 +786,7 @@ def _resume(path: Path, data, method, backbone, given, n_jobs, max_pixels, log, 
     ds = load_dataset(stored["data"])
     if stored.get("data_fingerprint") and ds.fingerprint() != stored["data_fingerprint"]:
         log(f"warning: the images in {stored['data']} changed since the run started; continuing on the current ones")
-    run = RunDir(path)
+    run = RunDir.open(path)  # refused while another process writes the run
     run.log("resume")
     return _fit(run, ds, cfg, n_jobs=n_jobs if n_jobs is not None else stored.get("n_jobs"),
                 max_pixels=max_pixels if max_pixels is not None else stored.get("max_pixels"), resume=True, log=log,
