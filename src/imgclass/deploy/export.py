@@ -159,7 +159,7 @@ def to_onnx_bytes(model, opset: int = 17) -> bytes:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``imgclass`` metadata of an exported ONNX file."""
+    """The ``imgclass`` metadata of an exported ONNX file, checked like a bundle's ``model.json``."""
     import onnxruntime as ort
 
     try:
@@ -169,9 +169,54 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     raw = sess.get_modelmeta().custom_metadata_map.get(META_KEY)
     if raw is None:
         raise ModelFormatError(f"{path}: has no imgclass metadata; export it with imgclass export")
-    meta = json.loads(raw)
-    if meta.get("format", 0) > FORMAT:
+    meta = check_metadata(raw, path)
+    outputs = sess.get_outputs()[0].shape[-1] if sess.get_outputs() else None
+    if isinstance(outputs, int) and outputs != len(meta["classes"]):
+        raise ModelFormatError(f"{path}: the graph has {outputs} outputs but its metadata names "
+                               f"{len(meta['classes'])} classes; export it again with imgclass export")
+    return meta
+
+
+def check_metadata(raw: str, path: str | os.PathLike) -> dict[str, Any]:
+    """The ``imgclass`` metadata JSON of an ONNX file, parsed with bounds and checked field by field."""
+    from ..models.validate import (
+        TASKS,
+        check_classes,
+        check_decision,
+        check_preprocess,
+        check_taxonomy,
+        check_temperature,
+        is_int,
+        parse_json,
+        refuse,
+    )
+
+    meta = parse_json(raw, path)
+    if not isinstance(meta, dict):
+        raise refuse(path, "imgclass metadata is not a JSON object")
+    fmt = meta.get("format", 0)
+    if not is_int(fmt):
+        raise refuse(path, "imgclass metadata has no format number")
+    if fmt > FORMAT:
         raise ModelFormatError(f"{path}: written by a newer imgclass (format {meta['format']}); upgrade imgclass")
+    if meta.get("task") not in TASKS:
+        raise refuse(path, f"task {meta.get('task')!r} is not one of {', '.join(TASKS)}")
+    check_classes(meta.get("classes"), path)
+    check_taxonomy(meta.get("taxonomy"), meta["classes"], path, required=meta["task"] == "hierarchical")
+    check_decision(meta.get("decision"), meta, path)
+    check_temperature(meta.get("temperature"), path)
+    pre = meta.get("preprocess")
+    check_preprocess(pre, path, "preprocess")
+    inp = meta.get("input")
+    size = pre.get("size") if isinstance(pre, dict) else None
+    hw = [size, size] if is_int(size) else size
+    if not isinstance(inp, dict) or hw is None or [inp.get("height"), inp.get("width")] != list(hw):
+        raise refuse(path, "input height and width must match the pre-processing size")
+    for key in ("hflip", "flip_tta"):
+        if key in meta and not isinstance(meta[key], bool):
+            raise refuse(path, f"{key} must be true or false")
+    if meta.get("method") is not None and not isinstance(meta["method"], str):
+        raise refuse(path, "method must be a string")
     return meta
 
 

@@ -21,6 +21,9 @@ from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource
 from ..errors import ConfigError, ModelFormatError
 from .export import ONNX_FILE, read_metadata
 
+#: pixels per inference batch (64 images of 256 x 256), as ``models.deep`` uses
+_BATCH_PIXELS = 64 * 256 * 256
+
 
 class OnnxModel:
     """A model backed by an exported ONNX file (a bundle folder holding ``model.onnx``, or the file)."""
@@ -65,8 +68,10 @@ class OnnxModel:
 
     def probabilities_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for uint8 ``(n, H, W, 3)`` RGB arrays already at the input size."""
-        out = [self.session.run(None, {"image": np.ascontiguousarray(pixels[s:s + self.batch_size])})[0]
-               for s in range(0, len(pixels), self.batch_size)]
+        h, w = pixels.shape[1:3] if pixels.ndim == 4 else (1, 1)
+        step = max(1, min(self.batch_size, _BATCH_PIXELS // max(1, int(h) * int(w))))  # bounds activation memory
+        out = [self.session.run(None, {"image": np.ascontiguousarray(pixels[s:s + step])})[0]
+               for s in range(0, len(pixels), step)]
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(self.classes_)))
 
     def predict_proba(self, X: Sequence[ImageSource]) -> np.ndarray:
@@ -109,20 +114,31 @@ class OnnxModel:
 
 
 def onnx_is_current(bundle: Path) -> tuple[bool, str]:
-    """Whether ``bundle/model.onnx`` was exported from the bundle's current weights (and why not)."""
-    import json
+    """Whether ``bundle/model.onnx`` is the export recorded in ``model.json`` and made from the bundle's
+    current weights (and why not). A ``model.onnx`` that ``model.json`` does not record, or whose
+    content differs from the record, is refused: nothing but ``imgclass export`` puts one there."""
+    import hashlib
 
+    from ..models import read_meta
     from .export import _weights_digest
 
     f = bundle / ONNX_FILE
     if not f.exists():
         return False, "no model.onnx"
-    try:
-        doc = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False, "unreadable model.json"
-    rec = doc.get("onnx") or {}
-    if rec.get("weights") and rec["weights"] != _weights_digest(bundle):
+    meta = read_meta(bundle)
+    rec = meta.get("onnx")
+    where = bundle / "model.json"
+    if not rec:
+        raise ModelFormatError(f"{f}: not recorded in {where.name} (no export made it); delete it or run "
+                               f"imgclass export {bundle}")
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    if rec.get("file") != ONNX_FILE or rec.get("sha256") != h.hexdigest():
+        raise ModelFormatError(f"{f}: differs from the export recorded in {where.name}; delete it or run "
+                               f"imgclass export {bundle}")
+    if rec.get("weights") != _weights_digest(bundle):
         return False, "model.onnx was exported from other weights (export again)"
     return True, ""
 

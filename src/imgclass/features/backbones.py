@@ -71,6 +71,8 @@ def _timm():
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_JSON = "backbone.json"
 BACKBONE_FORMAT_VERSION = 1
+#: the largest input side a pretrained folder may declare (it sizes every image fed to the backbone)
+MAX_BACKBONE_SIDE = 1024
 
 
 def looks_like_path(name: str) -> bool:
@@ -108,13 +110,20 @@ def read_pretrained_dir(folder: str | os.PathLike) -> dict[str, Any]:
 
     f = check_pretrained_dir(folder) / BACKBONE_JSON
     try:
+        if f.stat().st_size > 1 << 20:
+            raise ValueError("larger than 1 MB")
         info = json.loads(f.read_text(encoding="utf-8"))
         if int(info.get("format_version", 1)) > BACKBONE_FORMAT_VERSION:
             raise ModelFormatError(f"{f}: format {info['format_version']} is newer than this imgclass understands; "
                                    "upgrade imgclass")
         info["arch"], info["input_size"] = str(info["arch"]), int(info["input_size"])
         info["mean"], info["std"] = tuple(map(float, info["mean"])), tuple(map(float, info["std"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sizes = [info["input_size"], *(int(info[k]) for k in ("test_size",) if info.get(k))]
+        if not all(1 <= s <= MAX_BACKBONE_SIDE for s in sizes) or len(info["mean"]) != 3 or len(info["std"]) != 3:
+            raise ValueError(f"input size outside 1..{MAX_BACKBONE_SIDE} or mean/std not three values")
+        if not all(math.isfinite(v) for v in (*info["mean"], *info["std"])) or min(info["std"]) <= 0:
+            raise ValueError("mean/std must be finite, std positive")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, AttributeError) as exc:
         raise ModelFormatError(f"{f}: unreadable or incomplete ({exc}); rerun 'imgclass pretrain'") from None
     return info
 

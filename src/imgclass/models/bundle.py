@@ -1,26 +1,24 @@
 """The model bundle: ``model.json`` + ``estimator.skops`` (classical) or ``weights.safetensors`` (deep).
 
-Loading never unpickles and never runs code from the bundle: skops refuses types outside an allow
-list, and a newer format version is refused with a clear message.
+Loading never unpickles and never runs code from the bundle: ``model.json`` is checked against a schema
+(``validate``), ``estimator.skops`` against an allow-list of exact type names (``skops_guard``), weights
+for shapes and finite values (``weights``), and every file it names must lie inside the bundle folder.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from .._util import atomic_dir, dumps
-from ..errors import ModelFormatError
+from ..errors import ConfigError, ModelFormatError
+from .validate import BUNDLE_PREFIX, MODEL_JSON, WEIGHT_NAMES, check_meta, confined, read_json, refuse
 
 FORMAT_VERSION = 1
-MODEL_JSON = "model.json"
 ESTIMATOR_FILE = "estimator.skops"
-#: Module prefixes whose types may appear in an estimator.skops beyond skops' own defaults.
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.", "collections.OrderedDict")
 
 
 def library_versions() -> dict[str, str]:
@@ -53,54 +51,89 @@ def save_bundle(model, path: str | os.PathLike, metrics: dict[str, Any] | None =
     return path
 
 
-BUNDLE_PREFIX = "bundle:"
-
-
 def _embed_backbone_weights(meta: dict[str, Any], folder: Path) -> None:
-    """Copy backbone weights given as a local file into the bundle (``backbone-NAME.safetensors``) so
-    the bundle works on another machine; packaged ImageNet and hub weights are referenced by name."""
-    for name, params in (meta.get("feature_params") or {}).items():
+    """Copy what a feature pipeline's deep features read from disk into the bundle so that it works on
+    another machine and never reads outside its folder: weights given as a file become
+    ``backbone-NAME.safetensors``, a pretrained backbone folder (``imgclass pretrain``) becomes
+    ``backbone-N/``; packaged ImageNet and hub weights are referenced by name."""
+    from ..features.backbones import BACKBONE_JSON, BACKBONE_WEIGHTS, pretrained_dir
+
+    params_of = meta.get("feature_params") or {}
+    for i, name in enumerate(list(meta.get("features") or [])):
+        run = pretrained_dir(name)
+        if run is None:
+            continue
+        import shutil
+
+        sub = f"backbone-{i}"
+        (folder / sub).mkdir()
+        for fname in (BACKBONE_JSON, BACKBONE_WEIGHTS):
+            shutil.copyfile(run / fname, folder / sub / fname)
+        ref = BUNDLE_PREFIX + sub
+        meta["features"][i] = ref
+        params = dict(params_of.pop(name, {}))
+        params["backbone"] = ref
+        if params.get("pretrained") not in (None, *WEIGHT_NAMES):
+            params["pretrained"] = "imagenet"  # a pretrained folder's default source: its own weights
+        params_of[ref] = params
+    for name, params in params_of.items():
         pre = params.get("pretrained") if isinstance(params, dict) else None
-        if not pre or pre in ("imagenet", "hub", "scratch", "none") or str(pre).startswith(BUNDLE_PREFIX):
+        if not pre or pre in WEIGHT_NAMES or str(pre).startswith(BUNDLE_PREFIX):
             continue
         from safetensors.torch import save_file
 
         from ..features.backbones import load_state_dict_file
 
-        fname = f"backbone-{name}.safetensors"
+        fname = f"backbone-{Path(name).name if name.startswith(BUNDLE_PREFIX) else name}.safetensors"
         sd = {k: v.contiguous() for k, v in load_state_dict_file(pre).items()}
-        save_file(sd, str(folder / fname))
-        params["pretrained"] = BUNDLE_PREFIX + fname
+        save_file(sd, str(folder / fname.replace(":", "-")))
+        params["pretrained"] = BUNDLE_PREFIX + fname.replace(":", "-")
 
 
 def _resolve_bundle_files(meta: dict[str, Any], folder: Path) -> None:
-    for params in (meta.get("feature_params") or {}).values():
-        pre = params.get("pretrained") if isinstance(params, dict) else None
-        if isinstance(pre, str) and pre.startswith(BUNDLE_PREFIX):
-            f = folder / pre[len(BUNDLE_PREFIX):]
-            if not f.exists() or "/" in pre[len(BUNDLE_PREFIX):] or "\\" in pre:
-                raise ModelFormatError(f"{folder}: backbone weights {pre} are missing; the bundle is incomplete")
-            params["pretrained"] = str(f)
+    """Point the feature pipeline's ``bundle:`` references at files inside ``folder``; refuse any other path."""
+    from ..features.backbones import BACKBONE_JSON, looks_like_path
+    from ..features.classical import EXTRACTORS
+
+    mj = folder / MODEL_JSON
+    params_of = meta.get("feature_params") or {}
+    names = {}
+    for i, name in enumerate(meta["features"]):
+        if name in EXTRACTORS:
+            continue
+        if name.startswith(BUNDLE_PREFIX):
+            target = confined(folder, name, mj)
+            if not (target / BACKBONE_JSON).is_file():
+                raise refuse(mj, f"{name} is not a pretrained backbone folder inside the bundle")
+            names[name] = str(target)
+            meta["features"][i] = str(target)
+        elif looks_like_path(name) or ":" in name:
+            raise refuse(mj, f"features names {name!r}, a path outside the bundle; bundles never read files "
+                             "outside their folder")
+    for name, params in list(params_of.items()):
+        backbone = params.get("backbone")
+        if backbone is not None and backbone != name:
+            raise refuse(mj, f"feature_params.{name}.backbone {backbone!r} differs from the feature name")
+        if name in names:
+            params_of[names[name]] = params_of.pop(name)
+            params["backbone"] = names[name]
+        pre = params.get("pretrained")
+        if pre is not None and pre not in WEIGHT_NAMES:
+            if not (isinstance(pre, str) and pre.startswith(BUNDLE_PREFIX)):
+                raise refuse(mj, f"feature_params.{name}.pretrained {pre!r} is neither a registered weights name "
+                                 f"({', '.join(WEIGHT_NAMES)}) nor a bundle: file; bundles never read files "
+                                 "outside their folder")
+            params["pretrained"] = str(confined(folder, pre, mj))
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate ``model.json`` of a bundle folder."""
+    """Read ``model.json`` of a bundle folder, checked against the bundle schema (``validate.check_meta``)."""
     p = Path(path)
     mj = p / MODEL_JSON if p.is_dir() else p
-    if not mj.exists():
+    if not mj.is_file():
         raise ModelFormatError(f"{p}: not a model bundle (no {MODEL_JSON}); pass the folder written by "
                                "'imgclass train' (runs/NAME/model)")
-    try:
-        meta = json.loads(mj.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{mj}: unreadable ({exc}); the bundle is damaged, retrain or re-copy it") from None
-    version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise ModelFormatError(f"{mj}: no format_version; not an imgclass bundle")
-    if version > FORMAT_VERSION:
-        raise ModelFormatError(f"{mj}: bundle format {version} is newer than this imgclass understands "
-                               f"({FORMAT_VERSION}); upgrade imgclass (pip install -U imgclass)")
-    return meta
+    return check_meta(read_json(mj), mj)
 
 
 def _base_meta(model, metrics, data_fingerprint, extra) -> dict[str, Any]:
@@ -155,52 +188,41 @@ def load_model(path: str | os.PathLike):
         return ImageNetClassifier.from_name(path)
     meta = read_meta(path)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    kind = meta.get("kind")
-    if kind == "feature_pipeline":
-        return _load_feature_pipeline(folder, meta)
-    if kind == "deep":
+    try:
+        if meta["kind"] == "feature_pipeline":
+            return _load_feature_pipeline(folder, meta)
         from .deep import DeepClassifier
 
         return DeepClassifier.from_bundle(folder, meta)
-    raise ModelFormatError(f"{folder}: unknown model kind {kind!r}; upgrade imgclass")
+    except ConfigError as exc:  # a value the schema let through that the model itself rejects
+        raise refuse(folder / MODEL_JSON, str(exc).rstrip(".")) from None
 
 
 def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
-    import skops.io as sio
-
     from ..features import make_extractor
     from ..transforms import Preprocess
     from .classical import FeaturePipeline
+    from .skops_guard import load_estimator
 
     est = folder / ESTIMATOR_FILE
-    if not est.exists():
+    if not est.is_file():
         raise ModelFormatError(f"{folder}: {ESTIMATOR_FILE} is missing; the bundle is incomplete")
-    try:
-        untrusted = sio.get_untrusted_types(file=est)
-    except Exception as exc:
-        raise ModelFormatError(f"{est}: not a valid skops file ({exc}); the bundle is damaged") from None
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
-    if refused:
-        raise ModelFormatError(f"{est}: holds untrusted types {refused[:5]}; refusing to load it. Only "
-                               "load bundles from people you trust, and retrain instead")
-    try:
-        payload = sio.load(est, trusted=untrusted)
-    except Exception as exc:
-        raise ModelFormatError(f"{est}: cannot load ({exc}); the bundle is damaged or from another version") from None
     _resolve_bundle_files(meta, folder)
+    payload = load_estimator(est)
+    mj = folder / MODEL_JSON
     try:
         extractor = make_extractor(meta["features"], meta.get("feature_params"))
         extractor.set_state(payload.get("extractor_state", {}))
-        model = FeaturePipeline(extractor, meta["classifier"], Preprocess.from_dict(meta.get("preprocessing")),
-                                seed=meta.get("seed", 0), method=meta.get("method"),
-                                classifier_params=meta.get("classifier_params"))
-    except (KeyError, TypeError) as exc:
-        raise ModelFormatError(f"{folder / MODEL_JSON}: missing or bad field {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise refuse(mj, f"missing or bad features field ({exc})") from None
+    model = FeaturePipeline(extractor, meta["classifier"], Preprocess.from_dict(meta.get("preprocessing")),
+                            seed=meta.get("seed", 0), method=meta.get("method"),
+                            classifier_params=meta.get("classifier_params"))
     model.classifier_ = payload["classifier"]
     model.balance = meta.get("balance", "none")
     model.hierarchy = meta.get("hierarchy", "flat")
     model.classes_ = list(meta["classes"])
-    model.task_ = meta.get("task", "multiclass")
+    model.task_ = meta["task"]
     model.taxonomy_ = meta.get("taxonomy")
     if meta.get("decision"):
         from ..tasks.decision import Decision
@@ -208,4 +230,39 @@ def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
         model.decision_ = Decision.from_dict(meta["decision"])
     model.meta_ = {k: meta.get(k) for k in ("calibration", "metrics", "data_fingerprint")}
     model.meta_["bundle"] = str(folder)
+    _check_outputs(model, est)
     return model
+
+
+def _check_outputs(model, est: Path) -> None:
+    """The classifier answers for exactly the model's classes, and gives finite probabilities for a
+    blank image of the model's input size (features of the right length, usable learned state)."""
+    import numpy as np
+
+    clf, n = model.classifier_, len(model.classes_)
+    if not isinstance(clf, dict):
+        if model.task_ == "multilabel":
+            outputs = len(getattr(clf, "estimators_", []) or [])
+        else:
+            seen = np.asarray(getattr(clf, "classes_", []))
+            if seen.dtype.kind not in "iu" or len(np.unique(seen)) != len(seen) or len(seen) and (
+                    seen.min() < 0 or seen.max() >= n):
+                raise refuse(est, "the classifier's classes are not indices of the model's classes")
+            outputs = len(seen)
+        if outputs != n:
+            raise refuse(est, f"the classifier has {outputs} outputs but model.json names {n} classes")
+    if getattr(model.extractor, "cacheable", False) or any(getattr(p, "cacheable", False)
+                                                           for p in getattr(model.extractor, "parts", [])):
+        return  # deep features: probing would export and run the backbone here; checked on first use
+    from PIL import Image
+
+    size = model.preprocess.size or getattr(model.extractor, "size", 64)
+    h, w = (size, size) if isinstance(size, int) else size
+    try:
+        arr = model.preprocess.to_array(Image.new("RGB", (int(w), int(h))))
+        P = model.predict_proba_features(np.asarray(model.extractor.transform([arr]), dtype=np.float32))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the parts of the bundle disagree
+        raise refuse(est, f"the classifier does not work on the model's features ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if P.shape != (1, n) or not np.isfinite(P).all():
+        raise refuse(est, "the classifier gives no finite probabilities for the model's classes")

@@ -36,6 +36,8 @@ from ..transforms import Preprocess
 from .classical import _sources_of, calibrated, predictions, with_gaps
 
 WEIGHTS_FILE = "weights.safetensors"
+#: pixels per inference batch (64 images of 256 x 256): bounds activation memory for large input sizes
+_BATCH_PIXELS = 64 * 256 * 256
 
 
 def _state_hash(arrays) -> str:
@@ -48,15 +50,9 @@ def _state_hash(arrays) -> str:
     return h.hexdigest()[:20]
 
 
-def _file_weights_hash(path: Path) -> str | None:
-    """``_state_hash`` of a bundle's weights file, read without torch (``None`` if numpy cannot read it)."""
-    try:
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(path))
-    except Exception:  # e.g. bfloat16, which numpy lacks: the network is then loaded as usual
-        return None
-    return _state_hash((k, v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in tensors.items())
+def _arrays_hash(arrays: dict[str, np.ndarray]) -> str:
+    """``_state_hash`` of a bundle's weights as read by ``weights.load_arrays`` (floats as float32)."""
+    return _state_hash((k, v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in arrays.items())
 
 
 def _arch_of(backbone: str) -> str:
@@ -213,14 +209,22 @@ class DeepClassifier:
     def model_(self, net) -> None:
         self._net, self._pending, self._pending_key = net, None, None
 
-    def _load_network(self, wfile: str, n_outputs: int):
-        from safetensors.torch import load_file
+    def _load_network(self, weights: str | dict, n_outputs: int):
+        """The network with ``n_outputs`` outputs holding ``weights`` (a checked safetensors file or its
+        arrays); names and shapes must match exactly."""
+        import torch
 
+        from .weights import load_arrays
+
+        arrays = load_arrays(Path(weights)) if isinstance(weights, str) else weights
+        where = weights if isinstance(weights, str) else self.meta_.get("bundle", "weights")
         try:
             net = create_backbone(self.backbone, pretrained=None, num_classes=n_outputs)
-            net.load_state_dict(load_file(wfile), strict=True)
-        except RuntimeError as exc:
-            raise ModelFormatError(f"{wfile}: weights do not fit {self.backbone} ({str(exc).splitlines()[0]})") from None
+            net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
+                                strict=True)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ModelFormatError(f"{where}: weights do not fit {self.backbone} with {n_outputs} outputs "
+                                   f"({str(exc).splitlines()[0]}); the bundle is damaged, retrain it") from None
         return net.eval()
 
     def build_network(self, num_classes: int, drop_rate: float = 0.0):
@@ -288,6 +292,10 @@ class DeepClassifier:
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "0")) or (os.cpu_count() or 1)
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        outputs = sess.get_outputs()[0].shape[-1]
+        if isinstance(outputs, int) and outputs != self.n_outputs:
+            raise ModelFormatError(f"{self.meta_.get('bundle', 'model')}: the network has {outputs} outputs but "
+                                   f"the model names {self.n_outputs}; the bundle is damaged, retrain it")
         self._onnx = (key, sess)
         return sess
 
@@ -297,6 +305,8 @@ class DeepClassifier:
         mean = np.asarray(self.preprocess.mean, np.float32).reshape(1, 3, 1, 1) * 255
         std = np.asarray(self.preprocess.std, np.float32).reshape(1, 3, 1, 1) * 255
         out = []
+        h, w = tuple(x.shape[-2:]) if len(x) else (1, 1)
+        batch_size = max(1, min(batch_size, _BATCH_PIXELS // max(1, int(h) * int(w))))  # large inputs: fewer at once
         if self.engine == "onnx":
             sess = self._session()
 
@@ -355,31 +365,35 @@ class DeepClassifier:
 
     @classmethod
     def from_bundle(cls, folder: Path, meta: dict[str, Any]) -> DeepClassifier:
+        """The model of a bundle whose ``model.json`` passed ``validate.check_meta``; weights checked."""
+        from .validate import WEIGHT_NAMES, check_backbone_name
+        from .weights import load_arrays
+
         wfile = folder / WEIGHTS_FILE
-        if not wfile.exists():
+        if not wfile.is_file():
             raise ModelFormatError(f"{folder}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
-        try:
-            model = cls(meta["backbone"], pretrained=None, preprocess=Preprocess.from_dict(meta["preprocessing"]),
-                        train_config=meta.get("train_config"), seed=meta.get("seed", 0), method=meta.get("method"),
-                        _defer_backbone=True)
-            model.pretrained = meta.get("pretrained")
-            model.classes_ = list(meta["classes"])
-            model.task_ = meta.get("task", "multiclass")
-            model.taxonomy_ = meta.get("taxonomy")
-            model.decision_ = Decision.from_dict(meta["decision"]) if meta.get("decision") else None
-            model.hierarchy = meta.get("hierarchy", "flat")
-            # an ONNX export of exactly these weights is cached (so they fit the backbone): build the
-            # torch network only if something asks for it; otherwise build and check it now
-            key = _file_weights_hash(wfile) if model.engine == "onnx" and model.preprocess.size else None
-            if key is not None and model._onnx_path(key).exists():
-                model._pending, model._pending_key = (str(wfile), model.n_outputs), key
-            else:
-                model.model_ = model._load_network(str(wfile), model.n_outputs)
-        except (KeyError, TypeError) as exc:
-            raise ModelFormatError(f"{folder}: bad model.json field {exc}") from None
+        backbone = check_backbone_name(meta["backbone"], folder, folder / "model.json", "backbone")
+        model = cls(backbone, pretrained=None, preprocess=Preprocess.from_dict(meta["preprocessing"]),
+                    train_config=meta.get("train_config"), seed=meta.get("seed", 0), method=meta.get("method"),
+                    _defer_backbone=True)
+        # where the weights first came from is history: never read again, so only a name is kept
+        model.pretrained = meta.get("pretrained") if meta.get("pretrained") in WEIGHT_NAMES else None
+        model.classes_ = list(meta["classes"])
+        model.task_ = meta["task"]
+        model.taxonomy_ = meta.get("taxonomy")
+        model.decision_ = Decision.from_dict(meta["decision"]) if meta.get("decision") else None
+        model.hierarchy = meta.get("hierarchy", "flat")
         model.history_ = list(meta.get("history") or [])
         model.meta_ = {k: meta.get(k) for k in ("calibration", "metrics", "data_fingerprint")}
         model.meta_["bundle"] = str(folder)
+        arrays = load_arrays(wfile)
+        # an ONNX export of exactly these weights is cached (so they fit the backbone): build the
+        # torch network only if something asks for it; otherwise build and check it now
+        key = _arrays_hash(arrays)
+        if model.engine == "onnx" and model._onnx_path(key).exists():
+            model._pending, model._pending_key = (str(wfile), model.n_outputs), key
+        else:
+            model.model_ = model._load_network(arrays, model.n_outputs)
         return model
 
     def config(self) -> dict[str, Any]:

@@ -80,6 +80,8 @@ class Decision:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, **defaults) -> Decision:
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"a decision rule must be an object, not {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{**defaults, **{k: v for k, v in (d or {}).items() if k in known}})
 
