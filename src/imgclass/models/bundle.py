@@ -42,6 +42,9 @@ def save_bundle(model, path: str | os.PathLike, metrics: dict[str, Any] | None =
         raise ModelFormatError("cannot save an unfitted model; train it first")
     path = Path(path)
     meta = _base_meta(model, metrics, data_fingerprint, extra)
+    untrained = _untrained_classes(model)
+    if untrained:
+        meta["untrained_classes"] = untrained
     with atomic_dir(path) as tmp:
         payload = {"classifier": model.classifier_, "extractor_state": model.extractor.get_state()}
         sio.dump(payload, tmp / ESTIMATOR_FILE)
@@ -230,11 +233,20 @@ def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
         model.decision_ = Decision.from_dict(meta["decision"])
     model.meta_ = {k: meta.get(k) for k in ("calibration", "metrics", "data_fingerprint")}
     model.meta_["bundle"] = str(folder)
-    _check_outputs(model, est)
+    _check_outputs(model, est, meta.get("untrained_classes") or [])
     return model
 
 
-def _check_outputs(model, est: Path) -> None:
+def _untrained_classes(model) -> list[str]:
+    """Classes a single-label classifier gives no output for (no training images; their column is 0)."""
+    clf = model.classifier_
+    if isinstance(clf, dict) or model.task_ == "multilabel" or not hasattr(clf, "classes_"):
+        return []
+    seen = {int(c) for c in clf.classes_}
+    return [c for i, c in enumerate(model.classes_) if i not in seen]
+
+
+def _check_outputs(model, est: Path, untrained: list[str]) -> None:
     """The classifier answers for exactly the model's classes, and gives finite probabilities for a
     blank image of the model's input size (features of the right length, usable learned state)."""
     import numpy as np
@@ -249,6 +261,10 @@ def _check_outputs(model, est: Path) -> None:
                     seen.min() < 0 or seen.max() >= n):
                 raise refuse(est, "the classifier's classes are not indices of the model's classes")
             outputs = len(seen)
+            if _untrained_classes(model) != untrained:
+                raise refuse(est, f"the classifier has {outputs} outputs but model.json names {n} classes "
+                                  f"(untrained classes recorded: {len(untrained)})")
+            outputs += len(untrained)
         if outputs != n:
             raise refuse(est, f"the classifier has {outputs} outputs but model.json names {n} classes")
     if getattr(model.extractor, "cacheable", False) or any(getattr(p, "cacheable", False)

@@ -343,6 +343,9 @@ def check_meta(meta: Any, where: Path) -> dict[str, Any]:
     if meta["task"] not in TASKS:
         raise refuse(where, f"task {meta['task']!r} is not one of {', '.join(TASKS)}")
     check_classes(meta.get("classes"), where)
+    untrained = meta.get("untrained_classes")
+    if untrained is not None and not (isinstance(untrained, list) and all(c in meta["classes"] for c in untrained)):
+        raise refuse(where, "untrained_classes must list classes of the model")
     if meta["task"] == "binary" and len(meta["classes"]) != 2:
         raise refuse(where, "a binary model has exactly two classes")
     check_taxonomy(meta.get("taxonomy"), meta["classes"], where, required=meta["task"] == "hierarchical")
