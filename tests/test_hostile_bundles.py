@@ -221,6 +221,20 @@ def test_a_deep_backbone_path_outside_the_bundle_is_refused(copy, base, value):
     refused(bundle, base["img"], "model.json")
 
 
+@pytest.mark.parametrize("name", ["model.json", "estimator.skops"])
+def test_bundle_files_that_are_links_out_of_the_bundle_or_fifos_are_never_opened(copy, base, tmp_path, name):
+    import os
+
+    bundle = copy()
+    outside = tmp_path / "outside"
+    shutil.move(bundle / name, outside)
+    (bundle / name).symlink_to(outside)
+    refused(bundle, base["img"], name, "outside")
+    (bundle / name).unlink()
+    os.mkfifo(bundle / name)  # opening it would block the test forever
+    refused(bundle, base["img"], name, "regular file")
+
+
 # --------------------------------------------------------------------------- model.json schema
 SCHEMA_CASES = {
     "list": lambda d: [d],

@@ -120,9 +120,10 @@ def onnx_is_current(bundle: Path) -> tuple[bool, str]:
     import hashlib
 
     from ..models import read_meta
+    from ..models.validate import bundle_file
     from .export import _weights_digest
 
-    f = bundle / ONNX_FILE
+    f = bundle_file(bundle, ONNX_FILE)
     if not f.exists():
         return False, "no model.onnx"
     meta = read_meta(bundle)

@@ -15,7 +15,16 @@ from typing import Any
 
 from .._util import atomic_dir, dumps
 from ..errors import ConfigError, ModelFormatError
-from .validate import BUNDLE_PREFIX, MODEL_JSON, WEIGHT_NAMES, check_meta, confined, read_json, refuse
+from .validate import (
+    BUNDLE_PREFIX,
+    MODEL_JSON,
+    WEIGHT_NAMES,
+    bundle_file,
+    check_meta,
+    confined,
+    read_json,
+    refuse,
+)
 
 FORMAT_VERSION = 1
 ESTIMATOR_FILE = "estimator.skops"
@@ -95,8 +104,9 @@ def _embed_backbone_weights(meta: dict[str, Any], folder: Path) -> None:
 
 def _resolve_bundle_files(meta: dict[str, Any], folder: Path) -> None:
     """Point the feature pipeline's ``bundle:`` references at files inside ``folder``; refuse any other path."""
-    from ..features.backbones import BACKBONE_JSON, looks_like_path
+    from ..features.backbones import BACKBONE_JSON, BACKBONE_WEIGHTS, looks_like_path
     from ..features.classical import EXTRACTORS
+    from .weights import load_arrays
 
     mj = folder / MODEL_JSON
     params_of = meta.get("feature_params") or {}
@@ -108,6 +118,11 @@ def _resolve_bundle_files(meta: dict[str, Any], folder: Path) -> None:
             target = confined(folder, name, mj)
             if not (target / BACKBONE_JSON).is_file():
                 raise refuse(mj, f"{name} is not a pretrained backbone folder inside the bundle")
+            for fname in (BACKBONE_JSON, BACKBONE_WEIGHTS):
+                f = bundle_file(target, fname)
+                if not f.resolve().is_relative_to(folder.resolve()):
+                    raise refuse(f, "is a link leading outside the bundle folder")
+            load_arrays(target / BACKBONE_WEIGHTS)  # header and finite values
             names[name] = str(target)
             meta["features"][i] = str(target)
         elif looks_like_path(name) or ":" in name:
@@ -127,12 +142,13 @@ def _resolve_bundle_files(meta: dict[str, Any], folder: Path) -> None:
                                  f"({', '.join(WEIGHT_NAMES)}) nor a bundle: file; bundles never read files "
                                  "outside their folder")
             params["pretrained"] = str(confined(folder, pre, mj))
+            load_arrays(Path(params["pretrained"]))  # header and finite values
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Read ``model.json`` of a bundle folder, checked against the bundle schema (``validate.check_meta``)."""
     p = Path(path)
-    mj = p / MODEL_JSON if p.is_dir() else p
+    mj = bundle_file(p, MODEL_JSON) if p.is_dir() else p
     if not mj.is_file():
         raise ModelFormatError(f"{p}: not a model bundle (no {MODEL_JSON}); pass the folder written by "
                                "'imgclass train' (runs/NAME/model)")
@@ -207,7 +223,7 @@ def _load_feature_pipeline(folder: Path, meta: dict[str, Any]):
     from .classical import FeaturePipeline
     from .skops_guard import load_estimator
 
-    est = folder / ESTIMATOR_FILE
+    est = bundle_file(folder, ESTIMATOR_FILE)
     if not est.is_file():
         raise ModelFormatError(f"{folder}: {ESTIMATOR_FILE} is missing; the bundle is incomplete")
     _resolve_bundle_files(meta, folder)

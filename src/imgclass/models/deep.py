@@ -366,10 +366,10 @@ class DeepClassifier:
     @classmethod
     def from_bundle(cls, folder: Path, meta: dict[str, Any]) -> DeepClassifier:
         """The model of a bundle whose ``model.json`` passed ``validate.check_meta``; weights checked."""
-        from .validate import WEIGHT_NAMES, check_backbone_name
+        from .validate import WEIGHT_NAMES, bundle_file, check_backbone_name
         from .weights import load_arrays
 
-        wfile = folder / WEIGHTS_FILE
+        wfile = bundle_file(folder, WEIGHTS_FILE)
         if not wfile.is_file():
             raise ModelFormatError(f"{folder}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
         backbone = check_backbone_name(meta["backbone"], folder, folder / "model.json", "backbone")

@@ -19,8 +19,9 @@ import numpy as np
 
 from .validate import refuse
 
-#: the biggest estimator.skops accepted, unpacked (a 200-tree random forest on CIFAR-10 is ~130 MB)
-MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+#: the biggest estimator.skops accepted, unpacked (a 200-tree random forest on CIFAR-10 is ~130 MB); skops
+#: holds an array's bytes and the array at once, so this bounds loading to about twice as much memory
+MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 MAX_MEMBERS = 200_000
 MAX_SCHEMA_BYTES = 256 * 1024 * 1024
 MAX_SCHEMA_DEPTH = 400
@@ -73,7 +74,7 @@ def audit(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
             if len(infos) > MAX_MEMBERS or sum(i.file_size for i in infos) > MAX_UNPACKED_BYTES:
-                raise refuse(path, "unpacks to more than 1 GB or too many files")
+                raise refuse(path, f"unpacks to more than {MAX_UNPACKED_BYTES >> 20} MB or too many files")
             try:
                 info = z.getinfo("schema.json")
             except KeyError:

@@ -294,7 +294,22 @@ def confined(folder: Path, ref: str, where) -> Path:
     if not target.exists():
         raise ModelFormatError(f"{where}: {ref} is missing from the bundle folder; the bundle is incomplete, "
                                "copy it again")
+    if not (target.is_file() or target.is_dir()):
+        raise refuse(where, f"{ref!r} is not a regular file or folder")
     return target
+
+
+def bundle_file(folder: Path, name: str) -> Path:
+    """``folder/name`` if it is a regular file inside the bundle folder (a symlink may not lead out of it;
+    a FIFO or device is never opened); the path as given when it does not exist."""
+    p = folder / name
+    if not p.exists() and not p.is_symlink():
+        return p
+    if not p.resolve().is_relative_to(folder.resolve()):
+        raise refuse(p, "is a link leading outside the bundle folder")
+    if not p.is_file():
+        raise refuse(p, "is not a regular file")
+    return p
 
 
 def check_weight_source(value: Any, folder: Path, where, name: str) -> str | None:
