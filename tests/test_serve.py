@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import re
 import socket
 import struct
 import threading
@@ -446,3 +447,162 @@ def test_cli_serve_prints_the_url_and_runs_uvicorn(served, monkeypatch, capsys):
     cfg = json.loads(os.environ[ENV_CONFIG])
     assert os.environ["IMGCLASS_ORT_THREADS"] == "1"
     assert Path(cfg["model"]) == served["ch"].resolve() and cfg["model_threads"] == 3
+
+
+# --------------------------------------------------------------------------- hostile input (issue 25)
+def test_hostile_json_is_a_400_not_a_500(client, served):
+    b64 = base64.b64encode(served["images"]["red"].read_bytes()).decode()
+
+    def with_top_k(value: str) -> bytes:
+        return ('{"image": "' + b64 + '", "top_k": ' + value + "}").encode()
+
+    bodies = {
+        "nested list": b"[" * 100_000 + b"]" * 100_000,
+        "nested object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "top_k 1e400": with_top_k('1e400'),
+        "top_k -1e400": with_top_k('-1e400'),
+        "top_k NaN": with_top_k('NaN'),
+        "top_k 2.5": with_top_k('2.5'),
+        "top_k list": with_top_k('[3]'),
+        "top_k text": with_top_k('"1e400"'),
+        "huge integer": b'{"image": "x", "top_k": ' + b"9" * 5000 + b"}",
+        "image number": b'{"image": 1e400}',
+        "images dict": b'{"images": {"a": 1}}',
+        "not utf-8": b'{"image": "\xff\xfe"}',
+    }
+    for name, body in bodies.items():
+        for path in ("/v1/predict", "/v1/predict/batch", "/v1/explain"):
+            r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert 400 <= r.status_code < 500, (name, path, r.status_code, r.text[:200])
+            _assert_error(r, r.status_code)
+    _assert_error(client.post("/v1/predict?top_k=1e400", files=_file(served["images"]["red"])), 400, "bad_request")
+    r = client.post("/v1/predict", json={"image": b64, "top_k": 10**30})  # a big whole number is clamped
+    assert r.status_code == 200 and len(r.json()["top"]) == 3
+
+
+def test_bad_methods_and_content_types_are_json_4xx(client):
+    for method in ("PUT", "DELETE", "PATCH", "FOO", "BREW"):
+        _assert_error(client.request(method, "/v1/predict"), 405, "method_not_allowed")
+    _assert_error(client.request("FOO", "/nowhere"), 404, "not_found")
+    for ctype in ("", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                  "multipart/form-data; boundary=", "image/", ";;;"):
+        r = client.post("/v1/predict", content=b"abc", headers={"Content-Type": ctype})
+        assert 400 <= r.status_code < 500, (ctype, r.status_code, r.text)
+        _assert_error(r, r.status_code)
+
+
+def test_metrics_labels_come_from_a_fixed_set(client):
+    size = len(client.get("/metrics").text)
+    for i in range(200):
+        client.request(f"X{i}", f"/made-up/{i}")
+    text = client.get("/metrics").text
+    assert len(text) < size + 2_000, "made-up methods or paths grew /metrics"
+    assert 'endpoint="other",method="other",status="404"' in text
+    assert "X17" not in text and "made-up" not in text
+
+
+def test_an_empty_or_wrong_header_does_not_hide_a_valid_credential(served):
+    with TestClient(create_app(served["ch"], api_key="s3cret", warmup=False)) as c:
+        for headers in ({"X-API-Key": "", "Authorization": "Bearer s3cret"},
+                        {"X-API-Key": "   ", "Authorization": "Bearer s3cret"},
+                        {"X-API-Key": "wrong", "Authorization": "Bearer s3cret"},
+                        {"X-API-Key": "s3cret", "Authorization": ""},
+                        {"X-API-Key": "s3cret", "Authorization": "Bearer wrong"}):
+            assert c.get("/v1/model", headers=headers).status_code == 200, headers
+        for headers in ({"X-API-Key": ""}, {"Authorization": "Bearer "}, {"Authorization": "Bearer"},
+                        {"X-API-Key": "", "Authorization": ""}, {"Authorization": "Basic s3cret"}):
+            _assert_error(c.get("/v1/model", headers=headers), 401, "unauthorized")
+
+
+def test_docs_are_served_offline_and_behind_the_key(served):
+    with TestClient(create_app(served["ch"], api_key="s3cret", warmup=False)) as c:
+        for path in ("/docs", "/openapi.json"):
+            _assert_error(c.get(path), 401, "unauthorized")
+            assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        _assert_error(c.get("/redoc"), 404)
+        page = c.get("/docs", headers={"X-API-Key": "s3cret"})
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        srcs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert srcs and all(s.startswith("/static/") or s.startswith("data:") for s in srcs), srcs
+        for s in srcs:
+            if s.startswith("/static/"):
+                r = c.get(s)  # the Swagger UI files themselves are open: library code, nothing about the model
+                assert r.status_code == 200 and len(r.content) > 100, s
+        assert "SwaggerUIBundle" in c.get("/static/swagger-ui/swagger-ui-bundle.js").text
+        _assert_error(c.get("/static/swagger-ui/index.html"), 404)
+
+
+def test_the_server_pixel_limit_is_checked_from_the_header(client, monkeypatch):
+    """49 MP is under the CLI's limit but over the server's 40 MP default; the header alone decides."""
+    from imgclass.serve import state as state_mod
+
+    monkeypatch.setattr(state_mod, "decode_checked", lambda *a, **k: pytest.fail("decoded a refused image"))
+    err = _assert_error(client.post("/v1/predict", files={"file": ("big.png", bomb_png(7000), "image/png")}),
+                        422, "image_too_large")
+    assert "40,000,000" in err["message"]
+    assert client.app.state.serve.max_pixels == 40_000_000
+
+
+def test_over_budget_requests_are_shed_with_503_and_retry_after(served):
+    app = create_app(served["ch"], warmup=False, budget_wait_s=0.05)
+    state = app.state.serve
+    with TestClient(app) as c:
+        for budget, send in ((state.decode_budget, lambda: c.post("/v1/predict", files=_file(served["images"]["red"]))),
+                             (state.body_budget, lambda: c.post("/v1/predict", content=b"x" * 1000,
+                                                                headers={"Content-Type": "image/png"}))):
+            budget.used = budget.total  # everything is taken by requests in flight
+            r = send()
+            _assert_error(r, 503, "overloaded")
+            assert r.headers["retry-after"] == "1"
+            budget.used = 0
+        assert c.post("/v1/predict", files=_file(served["images"]["red"])).status_code == 200
+        assert state.decode_budget.used == 0 and state.body_budget.used == 0  # everything given back
+        assert _metric(c.get("/metrics").text, 'imgclass_shed_requests_total{budget="decode_memory"}') == 1
+
+
+def test_memory_budget_waits_in_order_and_times_out():
+    import asyncio
+
+    from imgclass.serve.limits import MemoryBudget, Overloaded
+
+    async def scenario():
+        b = MemoryBudget(100, max_waiters=2)
+        assert await b.acquire(60) == 60
+        order = []
+
+        async def take(n, tag):
+            got = await b.acquire(n, timeout=2)
+            order.append(tag)
+            return got
+
+        first, second = asyncio.create_task(take(50, "a")), asyncio.create_task(take(10, "b"))
+        await asyncio.sleep(0.01)
+        assert order == []  # "b" would fit, but waits behind "a": first come, first served
+        with pytest.raises(Overloaded):
+            await b.acquire(1, timeout=1)  # two are waiting already
+        b.release(60)
+        assert await first == 50 and await second == 10 and order == ["a", "b"]
+        with pytest.raises(Overloaded):
+            await b.acquire(50, timeout=0.01)  # 60 of 100 in use
+        assert b.used == 60
+        b.release(60)
+        assert await b.acquire(10**9) == 100 and b.used == 100  # bigger than everything: runs alone
+
+    asyncio.run(scenario())
+
+
+def test_multiprocess_metrics_report_every_worker(tmp_path):
+    """Two processes count requests into one PROMETHEUS_MULTIPROC_DIR; a third reports their sum."""
+    import subprocess
+    import sys
+
+    record = ("from imgclass.serve.metrics import ServerMetrics; m = ServerMetrics(); "
+              "[m.request('/v1/predict', 'POST', 200, 0.01) for _ in range({n})]; m.request('/x', 'BREW', 405, 0.0)")
+    show = "import sys; from imgclass.serve.metrics import ServerMetrics; sys.stdout.write(ServerMetrics().render().decode())"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for n in (3, 4):
+        subprocess.run([sys.executable, "-c", record.format(n=n)], env=env, check=True, timeout=120)
+    text = subprocess.run([sys.executable, "-c", show], env=env, check=True, timeout=120, capture_output=True,
+                          text=True).stdout
+    assert _metric(text, 'imgclass_requests_total{endpoint="/v1/predict",method="POST",status="200"}') == 7
+    assert _metric(text, 'imgclass_requests_total{endpoint="other",method="other",status="405"}') == 2
