@@ -72,7 +72,7 @@ BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_JSON = "backbone.json"
 BACKBONE_FORMAT_VERSION = 1
 #: the largest input side a pretrained folder may declare (it sizes every image fed to the backbone)
-MAX_BACKBONE_SIDE = 1024
+MAX_BACKBONE_SIDE = 640
 
 
 def looks_like_path(name: str) -> bool:

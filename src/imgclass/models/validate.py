@@ -25,7 +25,7 @@ MAX_VALUES = 500_000
 MAX_CLASSES = 100_000
 #: largest model input (pre-processing size) a bundle may ask for: what one image costs in the extractor
 #: or network must stay far inside the memory of a small machine, whatever the decode pixel limit
-MAX_INPUT_PIXELS = 1024 * 1024
+MAX_INPUT_PIXELS = 640 * 640
 MAX_INPUT_SIDE = 4096
 TASKS = ("binary", "multiclass", "multilabel", "hierarchical")
 KINDS = ("feature_pipeline", "deep")
@@ -268,8 +268,8 @@ def check_feature_params(meta: dict[str, Any], where) -> None:
                     raise refuse(where, f"{label} must be a string")
                 continue
             values = v if isinstance(v, list) else [v]
-            if len(values) > 64:
-                raise refuse(where, f"{label} has more than 64 values")
+            if len(values) > 8:
+                raise refuse(where, f"{label} has more than 8 values")
             lo, hi = _PARAM_RANGES.get(key, (-1e6, 1e6))
             for x in values:
                 if isinstance(x, bool) or x is None:
@@ -278,6 +278,28 @@ def check_feature_params(meta: dict[str, Any], where) -> None:
                     raise refuse(where, f"{label} {x!r} is outside {lo}..{hi}")
         if isinstance(p.get("bins"), list) and math.prod(p["bins"]) > 1 << 20:
             raise refuse(where, f"feature_params.{fname}.bins ask for more than {1 << 20} bins")
+        try:
+            _check_feature_cost(fname, p, where)
+        except (TypeError, ValueError):
+            raise refuse(where, f"feature_params.{fname} hold a list where a number belongs") from None
+
+
+#: most values one extractor may produce or hold per image (HOG blocks, dense keypoints)
+MAX_FEATURE_VALUES = 1 << 22
+MAX_KEYPOINTS = 1 << 16
+
+
+def _check_feature_cost(fname: str, p: dict[str, Any], where) -> None:
+    """Refuse parameter combinations whose per-image cost grows with their product (each one in range)."""
+    size = p.get("size") if is_int(p.get("size")) else 64
+    if fname == "hog":
+        cells = size // max(1, int(p.get("pixels_per_cell", 16)))
+        cpb = int(p.get("cells_per_block", 2))
+        n = max(0, cells - cpb + 1) ** 2 * cpb ** 2 * int(p.get("orientations", 9)) * 3
+        if n > MAX_FEATURE_VALUES:
+            raise refuse(where, f"feature_params.hog describe {n} values per image (at most {MAX_FEATURE_VALUES})")
+    if fname in ("sift", "orb") and (size // max(1, int(p.get("step", 8)))) ** 2 > MAX_KEYPOINTS:
+        raise refuse(where, f"feature_params.{fname} ask for more than {MAX_KEYPOINTS} keypoints per image")
 
 
 # ----------------------------------------------------------------------------- paths
