@@ -370,7 +370,7 @@ def test_csv_empty_path_cell(table_dir):
     data, _ = table_dir
     p = data / "e.csv"
     p.write_text("path,label\npics/a.png,cat\n,dog\n")
-    with pytest.raises(DataError, match="row 2"):
+    with pytest.raises(DataError, match="line 3 has an empty"):
         load_dataset(p)
 
 

@@ -36,3 +36,8 @@ class ImageLoadError(ImgclassError):
 
     def __reduce__(self):  # picklable across joblib workers despite the two-argument constructor
         return (type(self), (self.path, self.reason))
+
+
+class DataWarning(UserWarning):
+    """Something in the data was skipped or changed (rows without a usable label, duplicates); the CLI
+    prints it as one ``warning:`` line."""

@@ -60,6 +60,28 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ):
     """From a folder of images to a trained, evaluated image classifier."""
+    _print_data_warnings()
+
+
+def _print_data_warnings() -> None:
+    """Show every ``DataWarning`` (rows skipped for a bad label, ...) as one ``warning:`` line on stderr."""
+    import warnings
+
+    from ..errors import DataWarning
+
+    warnings.simplefilter("always", DataWarning)
+    if getattr(warnings.showwarning, "_imgclass", False):
+        return
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            _err(f"warning: {message}")
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show._imgclass = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 def _console(stderr: bool = False):
@@ -182,7 +204,9 @@ def train(
                 method = resolve_params(params, method)[0]
             out = default_run_dir(data, method or "hog+svm")
             if is_main():  # a fresh folder, claimed atomically (other ranks get rank 0's through train)
-                out = claimed = RunDir.claim_name(out)
+                made = [p for p in reversed(out.parents) if not p.exists()]
+                out = RunDir.claim_name(out)
+                claimed = [*made, out]
         try:
             model = api.train(data, method=method, val_split=val_split, seed=seed, out=out, task=task,
                               split_file=str(split) if split else None, n_jobs=jobs, max_pixels=max_pixels,
@@ -194,12 +218,12 @@ def train(
                               exclude=str(exclude) if exclude else None, params=params, overwrite=overwrite,
                               duplicates=duplicates)
         except BaseException:
-            if claimed is not None:  # nothing written yet: give the default name back (fails if not empty)
-                import contextlib
-                import os
+            import contextlib
+            import os
 
+            for d in reversed(claimed or []):  # nothing written yet: give the default name back (not if in use)
                 with contextlib.suppress(OSError):
-                    os.rmdir(claimed)
+                    os.rmdir(d)
             raise
     from ..training.distributed import is_main
 

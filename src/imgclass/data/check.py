@@ -13,13 +13,14 @@ from PIL import Image
 from .._util import progress_bar
 from ..errors import ImageLoadError
 from .dataset import ImageDataset
-from .decode import DEFAULT_MAX_PIXELS, load_image, source_bytes
+from .decode import DEFAULT_MAX_PIXELS, load_image, max_file_bytes, source_bytes
 
 
 def _inspect(src, max_pixels):
-    """(sha256, (w, h), original mode, error reason or None) for one source."""
+    """(sha256, (w, h), original mode, error reason or None) for one source; a device, FIFO, folder or a file
+    above the byte budget of ``max_pixels`` is refused unread, with its reason."""
     try:
-        data = source_bytes(src)  # a file, bytes or a tar-shard member
+        data = source_bytes(src, max_file_bytes(max_pixels))  # a file, bytes or a tar-shard member
     except OSError as exc:
         return None, None, None, f"cannot read file ({exc.strerror or exc})"
     digest = hashlib.sha256(data).hexdigest()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -16,6 +18,42 @@ from .shards import ShardMember
 
 #: Same default as Pillow's own bomb guard (89,478,485 pixels = a 0.25 GB 24-bit image).
 DEFAULT_MAX_PIXELS = 89_478_485
+
+#: Bytes read per image file at most: no image within the pixel limit needs more (4 bytes a pixel, plus
+#: room for metadata), so a bigger file, or an endless one such as ``/dev/zero``, is refused unread.
+MIN_FILE_BYTES_LIMIT = 256 << 20
+NO_PIXEL_LIMIT_FILE_BYTES = 4 << 30
+
+
+def max_file_bytes(max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
+    """The per-file byte budget that goes with a pixel limit (``None``: no pixel limit, a 4 GiB ceiling)."""
+    if max_pixels is None:
+        return NO_PIXEL_LIMIT_FILE_BYTES
+    return max(MIN_FILE_BYTES_LIMIT, 4 * int(max_pixels) + (16 << 20))
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int | None):
+    """Open ``path`` for binary reading if it is a regular file of at most ``max_bytes``; otherwise raise
+    ``OSError`` with a reason. Opened without blocking, so a FIFO cannot hang the run."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+            raise OSError(errno.EINVAL, f"not a regular file ({kind}); list image files only")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"{st.st_size:,} bytes, more than the limit of {max_bytes:,} for one image")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -37,14 +75,19 @@ def source_name(src: ImageSource) -> str:
     return f"<{type(src).__name__}>"
 
 
-def source_bytes(src: ImageSource) -> bytes:
-    """The encoded bytes of a path, bytes or tar-shard member (``ShardMember``) source; ``OSError`` if unreadable."""
+def source_bytes(src: ImageSource, max_bytes: int | None = None) -> bytes:
+    """The encoded bytes of a path, bytes or tar-shard member (``ShardMember``) source; ``OSError`` if unreadable,
+    not a regular file, or larger than ``max_bytes`` (default: ``max_file_bytes()``)."""
     if isinstance(src, ShardMember):
         return src.read_bytes()
     if isinstance(src, (bytes, bytearray)):
         return bytes(src)
-    with open(src, "rb") as f:
-        return f.read()
+    cap = max_file_bytes() if max_bytes is None else max_bytes
+    with open_regular(src, cap) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:  # the file grew after it was opened
+        raise OSError(errno.EFBIG, f"more than the limit of {cap:,} bytes for one image")
+    return data
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -162,7 +205,7 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         data = bytes(src)
         if not data:
             raise ImageLoadError(name, "empty data (0 bytes)")
-        fp: io.BytesIO | str = io.BytesIO(data)
+        fp = io.BytesIO(data)
     elif isinstance(src, ShardMember):  # one byte range of a tar shard (data.shards)
         try:
             data = src.read_bytes()
@@ -172,14 +215,19 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             raise ImageLoadError(name, f"empty member {src.location} (0 bytes)")
         fp = io.BytesIO(data)
     else:
-        path = os.fspath(src)
         try:
-            size = os.path.getsize(path)
+            fh = open_regular(src, max_file_bytes(max_pixels))
         except OSError as exc:
             raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
-        if size == 0:
-            raise ImageLoadError(name, "empty file (0 bytes)")
-        fp = path
+        with fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise ImageLoadError(name, "empty file (0 bytes)")
+            return _decode_or_raise(fh, name, max_pixels, draft_size)
+    return _decode_or_raise(fp, name, max_pixels, draft_size)
+
+
+def _decode_or_raise(fp, name: str, max_pixels: int | None, draft_size: int | None) -> Image.Image:
+    """``_decode`` with every decoder failure turned into ``ImageLoadError(name, reason)``."""
     try:
         return _decode(fp, name, max_pixels, draft_size)
     except ImageLoadError:

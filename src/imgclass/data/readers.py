@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -11,14 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, DataWarning
 from .dataset import TASKS, UNLABELLED, ImageDataset
-from .decode import is_image_file
+from .decode import is_image_file, open_regular
 
 PATH_COLUMNS = ("path", "file", "filename", "filenames", "filepath", "image", "img", "image_path")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 HIDDEN_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
+#: A CSV/JSONL file larger than this is refused (read in one piece; 1 GiB is some ten million rows).
+MAX_TABLE_BYTES = 1 << 30
+_SHOW_LINES = 5
 
 
 def _hidden(name: str) -> bool:
@@ -153,7 +158,7 @@ def _from_label_paths(items, root: str, name: str) -> ImageDataset:
     if 0 in depths:
         n0 = sum(1 for _, parts, _ in items if not parts)
         warnings.warn(f"{root}: {n0} images lie outside class folders and are treated as unlabelled",
-                      stacklevel=3)
+                      DataWarning, stacklevel=3)
     hierarchical = max(depths) > 1
     labels = ["/".join(parts) if parts else None for _, parts, _ in items]
     classes = sorted({lab for lab in labels if lab is not None})
@@ -207,10 +212,44 @@ def _split_label_list(cell: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _scalar(v) -> bool:
+    """A usable label value: a non-empty string, a number or a bool (not null, NaN, an object or a list)."""
+    if isinstance(v, str):
+        return bool(v.strip())
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, (int, bool))
+
+
+def _parse_labels(values: list, multi: bool) -> tuple[list[list[str]], list[int], list[int]]:
+    """Labels per row, and the rows whose label is empty and whose label is not a single value (an object,
+    a list where one label is expected, null, or a list holding such values)."""
+    per_item, empty, shaped = [], [], []
+    for i, v in enumerate(values):
+        if multi and isinstance(v, list) and all(isinstance(x, str) or _scalar(x) for x in v):
+            per_item.append([str(x).strip() for x in v if str(x).strip()])
+        elif multi and isinstance(v, str):
+            per_item.append(_split_label_list(v))  # an empty CSV cell: no labels, a valid multi-label row
+        elif _scalar(v):
+            per_item.append(_split_label_list(str(v)) if multi else [str(v).strip()])
+        else:
+            per_item.append([])
+            blank = v is None and not multi or isinstance(v, str)
+            (empty if blank else shaped).append(i)
+    return per_item, empty, shaped
+
+
+def _lines(rows: list[int], lines: list[int]) -> str:
+    shown = ", ".join(str(lines[i]) for i in rows[:_SHOW_LINES])
+    return f"line{'s' if len(rows) != 1 else ''} {shown}{', ...' if len(rows) > _SHOW_LINES else ''}"
+
+
 def _records_to_dataset(records: list[dict], where: str, base: str, name: str,
-                        image_root: str | None, group_by: str | None) -> ImageDataset:
+                        image_root: str | None, group_by: str | None,
+                        lines: list[int] | None = None) -> ImageDataset:
     if not records:
         raise DataError(f"{where}: no rows; the table needs a header and one row per image")
+    lines = lines or list(range(1, len(records) + 1))
     cols = list(records[0].keys())
     lower = {c.lower().strip(): c for c in cols}
     path_col = next((lower[c] for c in PATH_COLUMNS if c in lower), cols[0])
@@ -224,12 +263,36 @@ def _records_to_dataset(records: list[dict], where: str, base: str, name: str,
     labels_col = lower.get("labels") or lower.get("tags")
     reserved = {path_col, split_col, group_col, label_col, labels_col} - {None}
     rest = [c for c in cols if c not in reserved]
+    if label_col or labels_col:
+        col = labels_col or label_col
+        values = [r.get(col) for r in records]
+        # a "labels" column, or list values in JSONL, mean several labels per image
+        multi = labels_col is not None or (any(isinstance(v, list) for v in values)
+                                           and not any(_scalar(v) for v in values))
+        per_item, empty, shaped = _parse_labels(values, multi)
+        if empty:
+            warnings.warn(f"{where}: {len(empty)} row{'s' if len(empty) != 1 else ''} with an empty {col!r} cell "
+                          f"({_lines(empty, lines)}) {'are' if len(empty) != 1 else 'is'} kept as unlabelled: "
+                          "skipped for training and evaluation", DataWarning, stacklevel=3)
+        if shaped:
+            what = "a list of labels" if multi else "a single label"
+            warnings.warn(f"{where}: {len(shaped)} row{'s' if len(shaped) != 1 else ''} whose {col!r} is not "
+                          f"{what} (an object, a list or null; {_lines(shaped, lines)}) "
+                          f"{'are' if len(shaped) != 1 else 'is'} skipped", DataWarning, stacklevel=3)
+            if multi:  # a multi-label row cannot be unlabelled: leave it out
+                gone = set(shaped)
+                records = [r for i, r in enumerate(records) if i not in gone]
+                per_item = [p for i, p in enumerate(per_item) if i not in gone]
+                lines = [ln for i, ln in enumerate(lines) if i not in gone]
+                if not records:
+                    raise DataError(f"{where}: no row has a usable label in the {col!r} column")
 
     raw_paths = []
     for i, r in enumerate(records):
         p = r.get(path_col)
-        if p is None or str(p).strip() == "":
-            raise DataError(f"{where}: row {i + 1} has an empty {path_col!r} cell; give every row a path")
+        if not isinstance(p, (str, int)) or str(p).strip() == "":
+            raise DataError(f"{where}: line {lines[i]} has {'an empty' if p in (None, '') else 'a non-text'} "
+                            f"{path_col!r} cell; give every row a path")
         raw_paths.append(str(p).strip())
     sources = _resolve(raw_paths, base, image_root, where)
     groups = [str(r.get(group_col, "")) for r in records] if group_col else None
@@ -239,25 +302,11 @@ def _records_to_dataset(records: list[dict], where: str, base: str, name: str,
         for i, r in enumerate(records):
             v = str(r.get(split_col) or "").strip().lower()
             if v and v not in SPLIT_ALIASES:
-                raise DataError(f"{where}: row {i + 1} has split {v!r}; use train, val or test")
+                raise DataError(f"{where}: line {lines[i]} has split {v[:40]!r}; use train, val or test")
             names.append(SPLIT_ALIASES.get(v, ""))
         splits = _splits_from(names)
 
-    def cell_labels(v) -> list[str]:
-        if v is None:
-            return []
-        if isinstance(v, list):
-            return [str(x).strip() for x in v if str(x).strip()]
-        return _split_label_list(str(v))
-
     if label_col or labels_col:
-        col = labels_col or label_col
-        # a "labels" column, or list values in JSONL, mean several labels per image
-        multi = labels_col is not None or any(isinstance(r.get(col), list) for r in records)
-        if multi:
-            per_item = [cell_labels(r.get(col)) for r in records]
-        else:
-            per_item = [[str(r.get(col)).strip()] if str(r.get(col) or "").strip() else [] for r in records]
         classes = sorted({c for labs in per_item for c in labs})
         index = {c: i for i, c in enumerate(classes)}
         if multi:
@@ -278,7 +327,7 @@ def _records_to_dataset(records: list[dict], where: str, base: str, name: str,
                 if v in ("1", "1.0", "true", "yes"):
                     targets[i, j] = 1
                 elif v not in ("0", "0.0", "false", "no", ""):
-                    raise DataError(f"{where}: row {i + 1}, column {c!r} holds {v!r}; one-hot columns "
+                    raise DataError(f"{where}: line {lines[i]}, column {c!r} holds {v[:40]!r}; one-hot columns "
                                     "take 0/1 (or name the label column 'label' / 'labels')")
         task = "multilabel"
     else:
@@ -297,36 +346,52 @@ def read_csv(path: str | os.PathLike, image_root: str | None = None, group_by: s
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")
+        with _open_table(p) as f:
+            text = f.read().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: cannot read ({exc}); pass a UTF-8 CSV file") from None
+        raise DataError(f"{p}: cannot read ({getattr(exc, 'strerror', None) or exc}); pass a UTF-8 CSV file") from None
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel_tab if p.suffix.lower() == ".tsv" else csv.excel
-    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
-    return _records_to_dataset(rows, str(p), str(p.parent.resolve()), p.stem, image_root, group_by)
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    rows, lines = [], []
+    try:
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise DataError(f"{p}:{reader.line_num}: not valid CSV ({exc})") from None
+    return _records_to_dataset(rows, str(p), str(p.parent.resolve()), p.stem, image_root, group_by, lines)
+
+
+def _open_table(p: Path):
+    """A CSV/JSONL file opened for reading: a regular file of at most ``MAX_TABLE_BYTES`` (not a device or FIFO)."""
+    return open_regular(p, MAX_TABLE_BYTES)
 
 
 def read_jsonl(path: str | os.PathLike, image_root: str | None = None, group_by: str | None = None) -> ImageDataset:
     """JSON Lines: one object per line with ``path`` and ``label`` (string) or ``labels`` (list)."""
     p = Path(path)
-    records = []
+    records, lines = [], []
     try:
-        with open(p, encoding="utf-8") as f:
+        with _open_table(p) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
-                except ValueError as exc:
-                    raise DataError(f"{p}:{lineno}: invalid JSON ({exc}); one object per line") from None
+                except (ValueError, RecursionError) as exc:
+                    raise DataError(f"{p}:{lineno}: invalid JSON ({str(exc)[:100]}); one object per line") from None
                 if not isinstance(obj, dict):
                     raise DataError(f"{p}:{lineno}: expected a JSON object per line")
                 records.append(obj)
+                lines.append(lineno)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text ({exc.reason}); pass a UTF-8 JSONL file") from None
     except OSError as exc:
-        raise DataError(f"{p}: cannot read ({exc.strerror})") from None
-    return _records_to_dataset(records, str(p), str(p.parent.resolve()), p.stem, image_root, group_by)
+        raise DataError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    return _records_to_dataset(records, str(p), str(p.parent.resolve()), p.stem, image_root, group_by, lines)
 
 
 def from_paths(paths: Iterable[str | os.PathLike], name: str = "images") -> ImageDataset:
