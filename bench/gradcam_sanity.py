@@ -7,7 +7,7 @@ inside the square. The baseline is a random point (the square's share of the ima
 
     .venv/bin/python bench/gradcam_sanity.py [--size 64] [--square 12] [--per-class 200] [--epochs 12] [--quick] [--out NAME]
 
-``--quick``: 20 training and 5 test images per class, 2 epochs.
+``--quick``: 20 training and 2 test images per class, 2 epochs.
 
 Prints a table per method and saves ``bench/results/gradcam_sanity.json`` and a few example PNGs
 under ``bench/results/gradcam_sanity/``.
@@ -47,7 +47,7 @@ def make_images(root: Path, per_class: int, size: int, square: int, seed: int) -
 
 
 def main() -> None:
-    b = Bench("gradcam_sanity", __doc__, quick={"per_class": 20, "test_per_class": 5, "epochs": 2})
+    b = Bench("gradcam_sanity", __doc__, quick={"per_class": 20, "test_per_class": 2, "epochs": 2})
     ap = b.parser
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--square", type=int, default=12)
