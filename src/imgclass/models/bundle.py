@@ -85,8 +85,6 @@ def _embed_backbone_weights(meta: dict[str, Any], folder: Path) -> None:
         meta["features"][i] = ref
         params = dict(params_of.pop(name, {}))
         params["backbone"] = ref
-        if params.get("pretrained") not in (None, *WEIGHT_NAMES):
-            params["pretrained"] = "imagenet"  # a pretrained folder's default source: its own weights
         params_of[ref] = params
     for name, params in params_of.items():
         pre = params.get("pretrained") if isinstance(params, dict) else None
@@ -96,10 +94,10 @@ def _embed_backbone_weights(meta: dict[str, Any], folder: Path) -> None:
 
         from ..features.backbones import load_state_dict_file
 
-        fname = f"backbone-{Path(name).name if name.startswith(BUNDLE_PREFIX) else name}.safetensors"
+        fname = f"backbone-{name}.safetensors".replace(":", "-").replace("/", "-")
         sd = {k: v.contiguous() for k, v in load_state_dict_file(pre).items()}
-        save_file(sd, str(folder / fname.replace(":", "-")))
-        params["pretrained"] = BUNDLE_PREFIX + fname.replace(":", "-")
+        save_file(sd, str(folder / fname))
+        params["pretrained"] = BUNDLE_PREFIX + fname
 
 
 def _resolve_bundle_files(meta: dict[str, Any], folder: Path) -> None:
