@@ -129,3 +129,34 @@ def test_page_predicts_and_overlays_gradcam(tmp_path):
     assert shot.read_bytes().startswith(b"\x89PNG") and Image.open(shot).size[0] == 1200
     assert requested and all(u.startswith(url) or u.startswith(("blob:", "data:")) for u in requested), requested
     assert any(u.endswith("/v1/explain") for u in requested)
+
+
+def test_docs_page_renders_offline_from_shipped_files(tmp_path):
+    """``/docs`` draws the API's operations with the Swagger UI files the server ships: no CDN request,
+    no script error, and with a key the page itself needs it."""
+    sync_playwright = sync_playwright_or_skip()
+    from imgclass.serve import create_app
+
+    data = write_colour_dataset(tmp_path / "colours", n_per_class=6, size=12, seed=2)
+    imgclass.train(data, method="color_hist+logreg", n_jobs=1, seed=0).save(tmp_path / "model")
+    requested: list[str] = []
+    errors: list[str] = []
+    with running_server(create_app(tmp_path / "model", warmup=False)) as url:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+            try:
+                page = browser.new_page()
+                page.on("request", lambda req: requested.append(req.url))
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(url + "docs", wait_until="load", timeout=30_000)
+                page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+                ops = page.inner_text(".swagger-ui")
+                assert "/v1/predict" in ops and "/v1/explain" in ops
+            finally:
+                browser.close()
+    assert not errors, errors
+    assert all(u.startswith(url) or u.startswith(("blob:", "data:")) for u in requested), requested
+    assert any(u.endswith("/openapi.json") for u in requested)
+    with running_server(create_app(tmp_path / "model", api_key=KEY, warmup=False)) as url:
+        assert httpx.get(url + "docs", timeout=30).status_code == 401
+        assert httpx.get(url + "docs", headers={"X-API-Key": KEY}, timeout=30).status_code == 200

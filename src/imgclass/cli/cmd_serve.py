@@ -54,7 +54,7 @@ def serve(
     api_key: Annotated[str | None, typer.Option(envvar="IMGCLASS_API_KEY", help="Require this key on /v1/* and /metrics (X-API-Key or Authorization: Bearer). Also read from IMGCLASS_API_KEY.")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest image upload accepted, in MB (bigger: 413).")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP + " Bigger: 422. Smaller than the CLI's 89,478,485: a server decodes what strangers send.")] = 40_000_000,
-    decode_memory_mb: Annotated[float, typer.Option(help="Memory for decoded images in flight per worker, in MB; uploads beyond it wait, then get 503 + Retry-After.")] = 768.0,
+    decode_memory_mb: Annotated[float, typer.Option(help="Memory for decoded images in flight per worker, in MB; uploads beyond it wait, then get 503 + Retry-After.")] = 512.0,
     max_batch: Annotated[int, typer.Option(help="Most images in one model call (micro-batch).")] = 32,
     batch_wait_ms: Annotated[float, typer.Option(help="How long a micro-batch waits for more images, in ms.")] = 5.0,
     model_threads: Annotated[int | None, typer.Option(help="Micro-batches run at once per worker, each on one core (default: cores / workers).")] = None,

@@ -36,7 +36,13 @@ from ..errors import ConfigError
 from .docs import add_docs
 from .guard import GuardMiddleware
 from .handlers import install_error_handlers
-from .limits import BODY_BUDGET_BYTES, BUDGET_WAIT_S, DECODE_BUDGET_BYTES, SERVE_MAX_PIXELS
+from .limits import (
+    BODY_BUDGET_BYTES,
+    BUDGET_WAIT_S,
+    DECODE_BUDGET_BYTES,
+    SERVE_MAX_PIXELS,
+    return_large_blocks_to_the_os,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .routes import add_explain_route, add_predict_routes
 from .state import ServeState, disable_embedding_cache
@@ -158,6 +164,7 @@ def create_app(model, api_key: str | None = None, max_upload_bytes: int = 20 * 2
 
     _check_options(max_upload_bytes, max_batch, batch_wait_ms, model_threads, max_pixels, decode_memory_bytes,
                    body_memory_bytes)
+    return_large_blocks_to_the_os()  # freed pixels go back to the OS, so the budget bounds RSS too
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     m = resolve_model(model, n_jobs=1, runtime=runtime)
     disable_embedding_cache(m)
