@@ -73,10 +73,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())
-        finally:
-            os.close(fd)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600
         try:
             yield Path(tmp)
         except OSError as exc:
