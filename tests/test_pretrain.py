@@ -274,7 +274,7 @@ def test_view_bank_is_kept_and_reused_by_the_next_run_only_when_trunk_images_and
     with pytest.raises(AssertionError, match="the trunk ran"):  # other views: another bank
         pretrain(simclr["data"], backbone=str(first), out=tmp_path / "third", **{**opts, "crop_scale": 0.5})
     with pytest.raises(AssertionError, match="the trunk ran"):  # strong views: another bank too
-        pretrain(simclr["data"], backbone=str(first), out=tmp_path / "third", **{**opts, "randaugment": 2})
+        pretrain(simclr["data"], backbone=str(first), out=tmp_path / "third-b", **{**opts, "randaugment": 2})
 
     monkeypatch.setattr(frozen.ActivationCache, "compute", computed)
     (first / "checkpoints" / "junk").write_bytes(b"not a safetensors file")
