@@ -29,6 +29,8 @@ MAX_SCHEMA_DEPTH = 400
 _SKLEARN_OBJECTS = frozenset({
     "sklearn.pipeline.Pipeline",
     "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._data.Normalizer",
+    "sklearn.decomposition._pca.PCA",
     "sklearn.preprocessing._label.LabelBinarizer",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.neighbors._classification.KNeighborsClassifier",
