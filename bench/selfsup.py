@@ -50,7 +50,7 @@ def _run(cmd: list[str], env: dict) -> tuple[dict, float, float]:
 
 def _random_backbone(folder: Path, backbone: str, img_size: int | None, seed: int) -> None:
     """The baseline: ``backbone`` with pretrain's seeded initialisation, saved as a backbone folder."""
-    from imgclass.learning.pretrain import init_backbone, save_backbone
+    from imgclass.learning.selfsup import init_backbone, save_backbone
 
     net, arch, cfg = init_backbone(backbone, seed)
     save_backbone(folder, net.eval(), arch, img_size or cfg.input_size, cfg.mean, cfg.std, cfg.interpolation,

@@ -18,12 +18,12 @@ from imgclass.cli import main
 from imgclass.errors import ConfigError
 from imgclass.features import make_extractor
 from imgclass.features.backbones import backbone_config
-from imgclass.learning.pretrain import (
+from imgclass.learning.pretrain import pretrain
+from imgclass.learning.selfsup import (
     ViewAugment,
     init_backbone,
     mine_neighbors,
     nt_xent,
-    pretrain,
     save_backbone,
     scan_loss,
 )
@@ -149,7 +149,8 @@ def test_mine_neighbors_matches_brute_force_cosine_and_never_picks_the_image_its
 def test_scan_mines_in_flip_averaged_features_like_cluster_unless_flips_are_off(simclr, hflip):
     """The features SCAN mines its neighbours in: the image and its mirror image averaged (as
     ``imgclass cluster`` embeds), or the image alone with --no-hflip."""
-    from imgclass.learning.pretrain import PretrainConfig, SelfSupervisedTrainer, _ssl_net
+    from imgclass.learning.selfsup import PretrainConfig, SelfSupervisedTrainer
+    from imgclass.learning.selfsup.heads import _ssl_net
 
     cfg = PretrainConfig.for_method("scan", backbone=str(simclr["run"]), clusters=3, hflip=hflip, **FAST)
     net, _, bcfg = init_backbone(cfg.backbone)
@@ -361,7 +362,8 @@ def test_scan_refuses_what_it_cannot_do_with_one_line(simclr, tmp_path, case):
 def test_selflabel_relabel_keeps_the_most_confident_share_of_each_cluster_and_balances_them(simclr):
     """relabel(): each image to its most probable cluster (centred cosine to the directions), the top
     ``confident`` share of each cluster by probability kept, the rest -1, clusters weighted by 1/count."""
-    from imgclass.learning.pretrain import PretrainConfig, SelfSupervisedTrainer, _ssl_net
+    from imgclass.learning.selfsup import PretrainConfig, SelfSupervisedTrainer
+    from imgclass.learning.selfsup.heads import _ssl_net
 
     cfg = PretrainConfig.for_method("selflabel", backbone=str(simclr["run"]), clusters=2, confident=0.5, **FAST)
     net, _, bcfg = init_backbone(cfg.backbone)
