@@ -1,5 +1,5 @@
 """Nearest neighbours of embedding rows by cosine similarity (FAISS): the one search behind near-duplicate
-candidates (``curation.duplicates``) and SCAN's mined neighbours (``learning.pretrain``)."""
+candidates (``curation.duplicates``) and SCAN's mined neighbours (``learning.selfsup``)."""
 
 from __future__ import annotations
 
