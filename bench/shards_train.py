@@ -45,7 +45,8 @@ def main() -> None:
     extra = args.extra or ["--epochs", "1" if args.quick else "3", "--batch-size", "128"]
     exe = str(Path(sys.executable).with_name("imgclass"))
     from imgclass.data import load_dataset
-    from imgclass.data.shards import ShardStream, pack_shards
+    from imgclass.data.shards import pack_shards
+    from imgclass.training.shard_stream import ShardStream
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = load_dataset(root)

@@ -13,8 +13,9 @@ from conftest import run_cli
 
 import imgclass
 from imgclass.data import load_dataset, load_image
-from imgclass.data.shards import ShardMember, ShardStream, pack_shards, parse_size
+from imgclass.data.shards import ShardMember, pack_shards, parse_size
 from imgclass.errors import ConfigError, DataError
+from imgclass.training.shard_stream import ShardStream
 from imgclass.transforms import Preprocess
 
 

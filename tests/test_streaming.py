@@ -15,7 +15,8 @@ from conftest import assert_one_line_error, run_cli, write_colour_dataset
 
 import imgclass
 from imgclass.data import load_dataset
-from imgclass.data.shards import ShardStream, pack_shards
+from imgclass.data.shards import pack_shards
+from imgclass.training.shard_stream import ShardStream
 from imgclass.training.streaming import StreamingImages
 from imgclass.transforms import Preprocess
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
-from .shards import ShardMember
+from .shards.io import ShardMember
 
 #: Same default as Pillow's own bomb guard (89,478,485 pixels = a 0.25 GB 24-bit image).
 DEFAULT_MAX_PIXELS = 89_478_485

@@ -397,7 +397,7 @@ def read_jsonl(path: str | os.PathLike, image_root: str | None = None, group_by:
 def from_paths(paths: Iterable[str | os.PathLike], name: str = "images") -> ImageDataset:
     """An unlabelled dataset from image paths or folders (folders are searched recursively) and tar
     shards (their images, labels ignored)."""
-    from .shards import is_shard_source, read_shards
+    from .shards.read import is_shard_source, read_shards
 
     sources: list[str] = []
     for p in paths:
@@ -428,7 +428,7 @@ def load_dataset(source: str | os.PathLike, task: str | None = None, taxonomy: s
     src = os.fspath(source)
     if task is not None and task not in TASKS:
         raise ConfigError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
-    from .shards import is_shard_source, read_shards
+    from .shards.read import is_shard_source, read_shards
 
     if is_shard_source(src):  # tar shards: a folder with index.json, DIR/shard-*.tar, one .tar, a URL
         if group_by:

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ..data.shards import ShardMember, ShardSet
 from ..errors import DataError
 from ..features import load_arrays
+from .shard_stream import ShardStream
 
 #: items per DataLoader batch from a worker (re-cut into training batches by ``batches``)
 _CHUNK = 32
@@ -93,8 +95,6 @@ class StreamingImages:
 
     def __init__(self, sources: Sequence, preprocess, *, max_pixels: int | None = None, workers: int = 1,
                  shuffle_buffer: int = 1000, seed: int = 0):
-        from ..data.shards import ShardMember
-
         self.sources, self.preprocess, self.max_pixels = list(sources), preprocess, max_pixels
         self.workers, self.shuffle_buffer, self.seed = max(0, int(workers)), int(shuffle_buffer), int(seed)
         #: shard streams are read in their own order; other sources follow the engine's sampler
@@ -118,8 +118,6 @@ class StreamingImages:
         if self.workers:
             kw.update(worker_init_fn=_worker_init, prefetch_factor=4)
         if self.sequential:
-            from ..data.shards import ShardSet, ShardStream
-
             select = {(s.url, s.key): i for i, s in enumerate(self.sources)}
             urls = list(dict.fromkeys(s.url for s in self.sources))
             stream = ShardStream(ShardSet(urls[0].rsplit("/", 1)[0], urls, None), select=select,
