@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,20 @@ import numpy as np
 
 from .data import ImageDataset, from_paths, load_dataset
 from .data.decode import DEFAULT_MAX_PIXELS, ImageSource
+from .deploy.load import RUNTIMES, resolve_model
 from .errors import ConfigError, DataError
 from .evaluation import Evaluation
 from .evaluation import evaluate as _evaluate
+from .limits import SERVE_MAX_PIXELS
 from .models import load_model
 from .training import RunDir, check_task_options, fit_model
 from .transforms import Preprocess
 
-__all__ = ["compare", "cv", "evaluate", "robustness", "load_dataset", "load_model", "predict", "predict_proba", "prepare_split",
-           "train", "tune"]
+__all__ = ["DEFAULT_MAX_PIXELS", "RUNTIMES", "SERVE_MAX_PIXELS", "active", "active_simulate", "check_data", "cluster",
+           "compare", "curate", "cv", "default_run_dir", "distill", "dumps", "evaluate", "explain", "export",
+           "headline_metrics", "images_dataset", "is_main_process", "launch", "load_dataset", "load_model", "lr_find", "methods",
+           "new_run_dir", "pack", "predict", "predict_proba", "predict_to_csv", "prepare_split", "pretrain", "prune",
+           "resolve_model", "robustness", "run_dir_next_to", "serve", "shutdown", "split_methods", "train", "train_method", "tune"]
 
 
 def _as_preprocess(pre: Preprocess | dict | None) -> Preprocess | None:
@@ -337,37 +343,6 @@ def tune(data: ImageDataset | str | os.PathLike, method: str, trials: int = 20, 
                  epochs=epochs, train_config=train_config, img_size=img_size, log=log)
 
 
-RUNTIMES = ("auto", "torch", "onnx")
-
-
-def resolve_model(model, max_pixels: int | None = None, n_jobs: int | None = None, runtime: str = "auto"):
-    """A model object, or the bundle at a path loaded; optionally set its image limit and workers.
-
-    ``runtime`` for a bundle path: ``auto`` uses its exported ``model.onnx`` with ONNX Runtime when there
-    is one made from the current weights (else the bundle itself), ``onnx`` requires it, ``torch`` runs
-    the network in torch."""
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"--runtime {runtime}: choose auto, torch or onnx")
-    if isinstance(model, (str, os.PathLike)) and not str(model).startswith("imagenet:"):
-        from .deploy.runtime import OnnxModel, onnx_is_current
-
-        folder = Path(model) if Path(model).is_dir() else Path(model).parent
-        if runtime != "torch":
-            ok, why = onnx_is_current(folder)
-            if ok:
-                model = OnnxModel(folder, n_jobs=n_jobs)
-            elif runtime == "onnx":
-                raise ConfigError(f"--runtime onnx: {folder}: {why}; run imgclass export {folder}")
-    model = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    if runtime == "torch" and hasattr(model, "engine"):
-        model.engine = "torch"
-    if max_pixels is not None:
-        model.max_pixels = max_pixels
-    if n_jobs is not None:
-        model.n_jobs = n_jobs
-    return model
-
-
 def predict_proba(model, images: Sequence[ImageSource] | ImageDataset, max_pixels: int | None = None,
                   tta: str | None = None) -> np.ndarray:
     """Class probabilities, one row per image (NaN rows for unreadable images); ``tta`` (``flip``,
@@ -504,3 +479,289 @@ def distill(teacher, data: ImageDataset | str | os.PathLike, *, student: str = "
 
     return _distill(teacher, data, student=student, temperature=temperature, alpha=alpha, epochs=epochs, out=out,
                     log=log, **kw)
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def default_run_dir(data: str | os.PathLike, what: str) -> Path:
+    """The first free ``runs/<data>-<what>`` (then ``-2``, ``-3``, …), created now so no other run takes it."""
+    from .training import default_run_dir as run_name
+
+    return RunDir.claim_name(run_name(data, what))
+
+
+def run_dir_next_to(model: str | os.PathLike, suffix: str) -> Path:
+    """The first free ``runs/NAME-<suffix>`` next to the bundle ``runs/NAME/model``, created now."""
+    p = Path(model)
+    run = p.parent if p.name == "model" else p
+    return RunDir.claim_name(run.with_name(f"{run.name}-{suffix}"))
+
+
+@contextmanager
+def new_run_dir(data: str | os.PathLike, what: str, out: str | os.PathLike | None = None) -> Iterator[Path]:
+    """``out`` when given, else ``default_run_dir`` for a run that may fail before it writes anything: the
+    folders made for it are removed again when the body raises. Under torchrun only rank 0 claims a
+    default folder; the others get its name."""
+    import contextlib
+
+    from .training import default_run_dir as run_name
+    from .training.distributed import is_main
+
+    if out is not None:
+        yield Path(out)
+        return
+    out, claimed = run_name(data, what), []
+    if is_main():
+        made = [p for p in reversed(out.parents) if not p.exists()]
+        out = RunDir.claim_name(out)
+        claimed = [*made, out]
+    try:
+        yield out
+    except BaseException:
+        for d in reversed(claimed):  # nothing written yet: give the default name back (not if in use)
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise
+
+
+def train_method(method: str | None = None, params: str | os.PathLike | dict | None = None) -> str:
+    """The method ``train`` uses: ``method``, else the one recorded with the tuned ``params``, else ``hog+svm``."""
+    return _tuned_params(method, params)[0] if params is not None else method or "hog+svm"
+
+
+def is_main_process() -> bool:
+    """False on the ranks other than 0 under torchrun (they neither write nor report)."""
+    from .training.distributed import is_main
+
+    return is_main()
+
+
+def headline_metrics(task: str) -> tuple[str, ...]:
+    """The metrics reported first for a task kind (accuracy first for single-label, micro-F1 for multi-label)."""
+    from .tasks import HEADLINE
+
+    return tuple(HEADLINE.get(task, HEADLINE["default"]))
+
+
+def dumps(obj: Any) -> str:
+    """``obj`` as indented JSON; numpy values and paths become plain JSON values."""
+    from ._util import dumps as _dumps
+
+    return _dumps(obj)
+
+
+# --------------------------------------------------------------------------- data and methods
+
+
+def methods() -> list[tuple[str, str]]:
+    """Every method spec with a one-line description (``imgclass methods``)."""
+    from .models import list_methods
+
+    return list_methods()
+
+
+def split_methods(text: str) -> list[str]:
+    """A comma-separated list of method specs split into specs (commas inside a spec's features stay)."""
+    from .models import split_methods as _split
+
+    return _split(text)
+
+
+def check_data(data: ImageDataset | str | os.PathLike, *, task: str | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, n_jobs: int | None = None) -> dict[str, Any]:
+    """Inspect every image of ``data``: classes, sizes and modes, unreadable files, duplicates, imbalance."""
+    from .data.check import check_dataset
+
+    return check_dataset(_as_dataset(data, task), max_pixels=max_pixels, n_jobs=n_jobs)
+
+
+def pack(data: ImageDataset | str | os.PathLike, out: str | os.PathLike, *, shard_size: str | int = "256MB",
+         split_file: str | os.PathLike | None = None, val_split: float | None = None, test_split: float = 0.0,
+         seed: int = 0, shuffle: bool = True, overwrite: bool = False, task: str | None = None,
+         taxonomy: str | os.PathLike | None = None, group_by: str | None = None,
+         log: Callable[[str], Any] = lambda m: None) -> dict[str, Any]:
+    """Pack ``data`` into WebDataset-style tar shards plus ``index.json`` under ``out``; returns a summary."""
+    from .data.shards import pack_shards
+
+    ds = data if isinstance(data, ImageDataset) else load_dataset(data, task=task, taxonomy=taxonomy,
+                                                                   group_by=group_by)
+    return pack_shards(ds, out, shard_size, split_file=split_file, val_split=val_split, test_split=test_split,
+                       seed=seed, shuffle=shuffle, overwrite=overwrite, log=log)
+
+
+# --------------------------------------------------------------------------- learning from unlabelled images
+
+
+def cluster(data: ImageDataset | str | os.PathLike | Sequence[str], *, features: str = "lite0", algo: str = "kmeans",
+            k: int | str | None = None, reduce: str = "pca", dims: int | None = 50, whiten: bool = False,
+            normalize: bool = True, seed: int = 0, k_range: tuple[int, int] = (2, 20),
+            params: dict[str, Any] | None = None, preprocess: Preprocess | dict | None = None,
+            n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            name_with: ImageDataset | str | os.PathLike | None = None, save_model: str | os.PathLike | None = None,
+            out: str | os.PathLike | None = None, log: Callable[[str], Any] = lambda m: None):
+    """Cluster the images of ``data`` (a ``ClusterResult``); ``name_with`` a few labelled images names the
+    clusters, ``save_model`` then saves them as a classifier bundle, and ``out`` receives the report files."""
+    from .learning.cluster import cluster as _cluster
+
+    if save_model is not None and name_with is None:
+        raise ConfigError("--save-model needs --name-clusters LABELLED.csv: clusters become a classifier only once "
+                          "they have names")
+    if isinstance(name_with, (str, os.PathLike)) and not Path(name_with).exists():
+        raise DataError(f"--name-clusters {name_with}: no such file or folder; give a CSV (path,label), JSONL "
+                        "or a folder per class of a few labelled images")
+    res = _cluster(data, features=features, algo=algo, k=k, reduce=reduce, dims=dims, whiten=whiten,
+                   normalize=normalize, seed=seed, k_range=k_range, params=params, preprocess=preprocess,
+                   n_jobs=n_jobs, max_pixels=max_pixels, log=log)
+    if name_with is not None:
+        model = res.name(name_with)
+        if save_model is not None:
+            model.save(save_model, extra={"clustering": model.meta_["clustering"]})
+    if out is not None:
+        res.write(out)
+    return res
+
+
+def curate(data: ImageDataset | str | os.PathLike, *, model: str = "lite0+logreg", oof: str | os.PathLike | None = None,
+           checks: Sequence[str] = ("quality", "duplicates", "outliers", "labels"), folds: int = 5,
+           blur_z: float = 3.0, outlier_method: str = "auto", outlier_z: float | None = None, min_detail: float = 0.6,
+           seed: int = 0, n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+           out: str | os.PathLike | None = None, export_clean: str | os.PathLike | None = None,
+           exclude_types: Sequence[str] | None = None, suggest_labels: str | os.PathLike | None = None,
+           log: Callable[[str], Any] = lambda m: None):
+    """Find blurry, badly exposed, duplicate, leaked, outlier and mislabelled images; returns the
+    ``CurationResult`` and the files written (``out``'s report and CSVs, ``export_clean``, ``suggest_labels``)."""
+    from .curation import DEFAULT_EXCLUDE, EXCLUDE_CHOICES
+    from .curation import curate as _curate
+    from .curation.duplicates import DuplicateLimits
+    from .curation.quality import QualityLimits
+
+    if oof is not None and not Path(oof).exists():
+        raise DataError(f"--oof {oof}: no such file; run 'imgclass cv DATA --method M --out cv/' and pass cv/oof.csv")
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: needs at least 2")
+    if not 0 < min_detail <= 1:
+        raise ConfigError(f"--min-detail {min_detail}: give a correlation between 0 and 1 (default 0.6)")
+    types = tuple(exclude_types or DEFAULT_EXCLUDE)
+    bad = [t for t in types if t not in EXCLUDE_CHOICES]
+    if bad:  # checked before the (long) curation run, not after it
+        raise ConfigError(f"--exclude-types {','.join(bad)}: choose from {', '.join(EXCLUDE_CHOICES)}")
+    res = _curate(data, model=model, oof=oof, folds=folds, seed=seed, outlier_method=outlier_method,
+                  outlier_z=outlier_z, quality=QualityLimits(blur_z=blur_z),
+                  duplicates=DuplicateLimits(min_detail=min_detail), checks=tuple(checks), n_jobs=n_jobs,
+                  max_pixels=max_pixels, log=log)
+    files = {k: str(v) for k, v in res.write(out).items()} if out is not None else {}
+    if export_clean is not None:
+        kept, excluded = res.export_clean(export_clean, types)
+        files["clean"], files["excluded"] = str(kept), str(excluded)
+    if suggest_labels is not None:
+        files["suggested_labels"] = str(res.suggest_labels(suggest_labels))
+    return res, files
+
+
+def active(data: ImageDataset | str | os.PathLike, pool: ImageDataset | str | os.PathLike | Sequence, budget: int, *,
+           strategy: str = "entropy", method: str = "lite0+logreg", seed: int = 0, task: str | None = None,
+           n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+           out: str | os.PathLike | None = None, log: Callable[[str], Any] = lambda m: None):
+    """The ``budget`` images of ``pool`` most worth labelling next (``Suggestions``), ranked by ``strategy``
+    with ``method`` trained on ``data``; ``out`` receives ``suggestions.csv`` and ``montage.png``."""
+    from .learning.active import suggest
+
+    return suggest(data, pool, budget, strategy=strategy, method=method, seed=seed, task=task, n_jobs=n_jobs,
+                   max_pixels=max_pixels, out=out, log=log)
+
+
+def active_simulate(data: ImageDataset | str | os.PathLike, *,
+                    strategies: str | Sequence[str] = ("entropy", "margin", "least-confidence", "coreset", "random"),
+                    rounds: int = 8, per_round: int = 50, initial: int = 100, init: str = "stratified",
+                    seeds: int | Sequence[int] = 3, method: str = "lite0+logreg",
+                    val: float | str | os.PathLike | ImageDataset | None = None, task: str | None = None,
+                    n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    out: str | os.PathLike | None = None, log: Callable[[str], Any] = lambda m: None):
+    """Simulate active learning on labelled ``data``: validation accuracy against labels for each strategy
+    and random (``SimulationResult``); ``out`` receives the curves and their plot."""
+    from .learning.active import simulate
+
+    return simulate(data, strategies=strategies, rounds=rounds, per_round=per_round, initial=initial, init=init,
+                    seeds=seeds, method=method, val=val, task=task, n_jobs=n_jobs, max_pixels=max_pixels, out=out,
+                    log=log)
+
+
+def pretrain(data: ImageDataset | str | os.PathLike | None = None, *, method: str | None = None,
+             backbone: str | None = None, epochs: int | None = None, batch_size: int | None = None,
+             img_size: int | None = None, out: str | os.PathLike | None = None,
+             resume: str | os.PathLike | None = None, overwrite: bool = False, seed: int | None = None,
+             lr: float | None = None, temperature: float | None = None, view_size: int | None = None,
+             hflip: bool | None = None, randaugment: int | None = None, clusters: int | None = None,
+             neighbors: int | None = None, entropy_weight: float | None = None, confident: float | None = None,
+             unfreeze: int | None = None, view_bank: int | None = None, n_jobs: int | None = None,
+             max_pixels: int | None = None, log: Callable[[str], Any] = lambda m: None):
+    """Self-supervised pretraining of ``backbone`` on the images of ``data`` (``PretrainResult``); the run
+    folder then works as a backbone name. Unset options keep ``PretrainConfig``'s defaults."""
+    from .learning.pretrain import pretrain as _pretrain
+
+    options = {"lr": lr, "temperature": temperature, "view_size": view_size, "hflip": hflip,
+               "randaugment": randaugment, "clusters": clusters, "neighbors": neighbors,
+               "entropy_weight": entropy_weight, "confident": confident, "unfreeze": unfreeze, "view_bank": view_bank}
+    return _pretrain(data, method=method, backbone=backbone, epochs=epochs, batch_size=batch_size, img_size=img_size,
+                     out=out, resume=resume, seed=seed, n_jobs=n_jobs, max_pixels=max_pixels, log=log,
+                     overwrite=overwrite, **options)
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+def export(model: str | os.PathLike, *, format: str = "onnx", quantize: str | None = None, opset: int = 17,
+           check: bool = False, calibration: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+           log: Callable[[str], Any] = lambda m: None) -> dict[str, Any]:
+    """Export a bundle to ONNX with its pre-processing, labels, thresholds and calibration inside; returns a
+    summary (file, size, opset, and with ``check`` the largest probability difference from the bundle)."""
+    from .deploy import export as _export
+
+    if format.lower() != "onnx":
+        raise ConfigError(f"--format {format}: only onnx is supported")
+    if not (Path(model) / "model.json").exists():
+        raise DataError(f"{model}: not a model bundle (no model.json); pass runs/NAME/model")
+    return _export(model, out=out, quantize_mode=quantize, opset=opset, check=check, calibration=calibration,
+                   log=log)
+
+
+def serve(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          api_key: str | None = None, max_upload_mb: float = 20.0, max_pixels: int = SERVE_MAX_PIXELS,
+          decode_memory_mb: float = 512.0, max_batch: int = 32, batch_wait_ms: float = 5.0,
+          model_threads: int | None = None, runtime: str = "auto", log_level: str = "info", access_log: bool = True,
+          say: Callable[[str], Any] = print, warn: Callable[[str], Any] = lambda m: None) -> None:
+    """Serve ``model`` (a bundle folder or ``imagenet:NAME``) over HTTP with uvicorn until interrupted."""
+    from .serve.run import run
+
+    run(os.fspath(model), host=host, port=port, workers=workers, api_key=api_key, max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels, decode_memory_mb=decode_memory_mb, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+        model_threads=model_threads, runtime=runtime, log_level=log_level, access_log=access_log, say=say, warn=warn)
+
+
+def predict_to_csv(model, images: Sequence[ImageSource] | ImageDataset, out: str | os.PathLike, *, top_k: int = 3,
+                   tta: str | None = None, log: Callable[[str], Any] = lambda m: None) -> dict[str, int]:
+    """Predict ``images`` into the CSV ``out`` in chunks, skipping those already there (counts per outcome)."""
+    from .deploy.batch import predict_to_csv as _predict_to_csv
+
+    sources = list(images.sources) if isinstance(images, ImageDataset) else list(images)
+    return _predict_to_csv(resolve_model(model), sources, out, top_k=top_k, tta=tta, log=log)
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def launch(argv: Sequence[str], nproc: int) -> int:
+    """Run the command line ``argv`` (its ``--nproc`` dropped) on ``nproc`` local processes with torchrun;
+    returns the exit code."""
+    from .training.distributed import launch as _launch
+    from .training.distributed import strip_option
+
+    return _launch(strip_option(argv, "--nproc"), nproc)
+
+
+def shutdown() -> None:
+    """Leave torchrun's process group at the end of a distributed command (nothing without one)."""
+    from .training.distributed import shutdown as _shutdown
+
+    _shutdown()

@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         # only train and predict have --nproc; any other command reports it as an unknown option
         nproc = _nproc(args) if command in ("train", "predict") else None
         if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
-            from ..training.distributed import launch, strip_option
+            from .. import api
 
-            code = launch(strip_option(args, "--nproc"), nproc)
+            code = api.launch(args, nproc)
             if argv is None:
                 sys.exit(code)
             return code
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
               "and please report it)", file=sys.stderr)
         code = 1
     if os.environ.get("WORLD_SIZE", "1") != "1":
-        from ..training.distributed import shutdown
+        from .. import api
 
-        shutdown()
+        api.shutdown()
     if argv is None:
         sys.exit(code)
     return code

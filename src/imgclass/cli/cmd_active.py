@@ -1,4 +1,4 @@
-"""``imgclass active``: Typer command(s), thin over ``imgclass.learning``.
+"""``imgclass active``: which images to label next, and simulations of labelling strategies.
 
 ``imgclass active DATA --pool DIR --budget N`` ranks the pool (the default verb, ``suggest``);
 ``imgclass active simulate DATA ...`` measures strategies against random on labelled data.
@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
-from .app import JOBS_HELP, MAX_PIXELS_HELP, TASK_HELP, _console, _err, _print_json, _warn_skipped, app
+from ._options import DEFAULT_MAX_PIXELS, JobsOpt, MaxPixelsOpt, TaskOpt
+from ._output import console, err, notes, print_json, short_path, warn_skipped
+from .app import app
 
 # kept as text here so that 'imgclass active --help' imports nothing heavy (the list lives in
 # imgclass.learning.active.STRATEGIES; the API rejects unknown names with the full list)
@@ -40,14 +41,6 @@ active_app = typer.Typer(
 app.add_typer(active_app, name="active")
 
 
-def _short(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
-
-
 @active_app.command("suggest", epilog="Example: imgclass active labelled/ --pool unlabelled/ --budget 50 "
                                       "--strategy margin --out runs/next-batch")
 def suggest(
@@ -59,26 +52,22 @@ def suggest(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for suggestions.csv and montage.png (default runs/<data>-active).")] = None,
     seed: Annotated[int, typer.Option(help="Seed (random strategy, estimator).")] = 0,
     show: Annotated[int, typer.Option(help="How many rows to print.")] = 20,
-    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
-    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
-    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
+    task: TaskOpt = None,
+    jobs: JobsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     json_out: Annotated[bool, typer.Option("--json", help="Print the suggestions as JSON.")] = False,
 ):
     """Write the next images to label, most useful first: suggestions.csv (rank, path, score, predicted,
     probability) and a thumbnail montage.png."""
-    from ..learning.active import suggest as _suggest
+    from .. import api
 
-    if out is None:
-        from ..training import RunDir, default_run_dir
-
-        out = RunDir.claim_name(default_run_dir(data, "active"))
-    res = _suggest(data, pool, budget, strategy=strategy, method=method, seed=seed, task=task, n_jobs=jobs,
-                   max_pixels=max_pixels, out=out, log=_err)
-    _warn_skipped(res.skipped)
-    for note in res.notes:
-        _err(f"note: {note}")
+    with api.new_run_dir(data, "active", out) as out:
+        res = api.active(data, pool, budget, strategy=strategy, method=method, seed=seed, task=task, n_jobs=jobs,
+                         max_pixels=max_pixels, out=out, log=err)
+    warn_skipped(res.skipped)
+    notes(res.notes)
     if json_out:
-        _print_json(res.to_dict())
+        print_json(res.to_dict())
         return
     from rich.table import Table
 
@@ -88,9 +77,9 @@ def suggest(
         t.add_column(c, justify="left" if c in ("path", "predicted") else "right",
                      overflow="fold" if c == "path" else "ellipsis")  # paths are copied: never cut them
     for r in list(res)[:max(show, 0)]:
-        t.add_row(str(r["rank"]), _short(r["path"]), "" if r["score"] is None else f"{r['score']:.4f}",
+        t.add_row(str(r["rank"]), short_path(r["path"]), "" if r["score"] is None else f"{r['score']:.4f}",
                   r["predicted"], f"{r['probability']:.1%}")
-    con = _console()
+    con = console()
     con.print(t)
     if len(res) > show:
         con.print(f"... and {len(res) - show} more")
@@ -110,25 +99,22 @@ def simulate(
     method: Annotated[str, typer.Option("--method", "-m", help="FEATURES+CLASSIFIER method; features are computed once, the classifier is refit every round.")] = "lite0+logreg",
     val: Annotated[str | None, typer.Option(help="Validation: a fraction of DATA (e.g. 0.2) or a labelled folder/CSV (default: DATA's val split, else 20%).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for simulation.json, curves.csv and simulation.png (default runs/<data>-active-sim).")] = None,
-    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
-    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
-    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
+    task: TaskOpt = None,
+    jobs: JobsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     json_out: Annotated[bool, typer.Option("--json", help="Print the curves and the summary as JSON.")] = False,
 ):
     """Simulate active learning on labelled data and plot validation accuracy against the number of labels,
     for each strategy against random (mean of several seeds with a ±1 std band)."""
-    from ..learning.active import simulate as _simulate
+    from .. import api
 
-    if out is None:
-        from ..training import RunDir, default_run_dir
-
-        out = RunDir.claim_name(default_run_dir(data, "active-sim"))
-    res = _simulate(data, strategies=strategies, rounds=rounds, per_round=per_round, initial=initial, init=init,
-                    seeds=seeds, method=method, val=val, task=task, n_jobs=jobs, max_pixels=max_pixels, out=out,
-                    log=_err)
-    _warn_skipped(res.skipped)
+    with api.new_run_dir(data, "active-sim", out) as out:
+        res = api.active_simulate(data, strategies=strategies, rounds=rounds, per_round=per_round, initial=initial,
+                                  init=init, seeds=seeds, method=method, val=val, task=task, n_jobs=jobs,
+                                  max_pixels=max_pixels, out=out, log=err)
+    warn_skipped(res.skipped)
     if json_out:
-        _print_json(res.to_dict())
+        print_json(res.to_dict())
         return
     from rich.table import Table
 
@@ -141,7 +127,7 @@ def simulate(
     stds = {s: res.std(s) for s in res.strategies}
     for i, n in enumerate(res.n_labels):
         t.add_row(str(n), *[f"{means[s][i]:.4f} ± {stds[s][i]:.4f}" for s in res.strategies])
-    con = _console()
+    con = console()
     con.print(t)
     gains = ", ".join(f"{r['strategy']} {r['gain_end'] * 100:+.1f}" for r in res.summary() if r["strategy"] != "random")
     con.print(f"gain over random at {res.n_labels[-1]} labels (points): {gains}")

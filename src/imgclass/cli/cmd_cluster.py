@@ -1,4 +1,4 @@
-"""``imgclass cluster``: Typer command(s), thin over ``imgclass.learning``."""
+"""``imgclass cluster``: group images into clusters, score them against labels, name them into a classifier."""
 
 from __future__ import annotations
 
@@ -7,21 +7,19 @@ from typing import Annotated
 
 import typer
 
-from .app import (
-    JOBS_HELP,
-    MAX_PIXELS_HELP,
+from ._options import (
+    DEFAULT_MAX_PIXELS,
     DenoiseOpt,
     EqualizeOpt,
     GrayOpt,
+    JobsOpt,
+    MaxPixelsOpt,
     ResizeOpt,
     SizeOpt,
-    _console,
-    _err,
-    _preprocess,
-    _print_json,
-    _warn_skipped,
-    app,
+    preprocess,
 )
+from ._output import console, notes, print_json, warn_skipped
+from .app import app
 
 _ALGOS = "kmeans, minibatch-kmeans, gmm, dbscan, hdbscan, agglomerative, birch, meanshift or spectral"
 _PANEL = "Clustering"
@@ -76,44 +74,26 @@ def cluster(
     save_model: Annotated[Path | None, typer.Option("--save-model", help="With --name-clusters: save the named clusters as a model bundle (use with imgclass predict).", rich_help_panel="Naming")] = None,
     seed: Annotated[int, typer.Option(help="Seed for PCA and the algorithm.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write clusters.csv, cluster.json, montages/, map.png (and k_curve.png) here (default runs/<DATA>-cluster-<features>-<algo>).")] = None,
-    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
-    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
+    jobs: JobsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     json_out: Annotated[bool, typer.Option("--json", help="Print k, the metrics (ACC, NMI, ARI when labels exist), the clusters and the output files as JSON.")] = False,
     size: SizeOpt = None, resize: ResizeOpt = "squash", grayscale: GrayOpt = False, denoise: DenoiseOpt = "none",
     equalize: EqualizeOpt = "none",
 ):
     """Group images into clusters; with labels, score them (ACC, NMI, ARI); name them into a classifier."""
-    from ..errors import ConfigError
-    from ..learning.cluster import cluster as _cluster
+    from .. import api
 
-    if save_model is not None and name_clusters is None:
-        raise ConfigError("--save-model needs --name-clusters LABELLED.csv: clusters become a classifier only once "
-                          "they have names")
-    if name_clusters is not None and not name_clusters.exists():
-        from ..errors import DataError
-
-        raise DataError(f"--name-clusters {name_clusters}: no such file or folder; give a CSV (path,label), JSONL "
-                        "or a folder per class of a few labelled images")
-    res = _cluster(data, features=features, algo=algo, k=_parse_k(k), reduce=reduce, dims=dims, whiten=whiten,
-                   normalize=normalize, seed=seed, k_range=(k_min, k_max), params=_parse_params(param),
-                   preprocess=_preprocess(size, resize, grayscale, denoise, equalize), n_jobs=jobs,
-                   max_pixels=max_pixels)
-    model = None
-    if name_clusters is not None:
-        model = res.name(name_clusters)
-        if save_model is not None:
-            model.save(save_model, extra={"clustering": model.meta_["clustering"]})
-    if out is None:
-        from ..training import RunDir, default_run_dir
-
-        out = RunDir.claim_name(default_run_dir(data, f"cluster-{features}-{algo}"))
-    res.write(out)
-    _warn_skipped(res.skipped)
+    with api.new_run_dir(data, f"cluster-{features}-{algo}", out) as out:
+        res = api.cluster(data, features=features, algo=algo, k=_parse_k(k), reduce=reduce, dims=dims, whiten=whiten,
+                          normalize=normalize, seed=seed, k_range=(k_min, k_max), params=_parse_params(param),
+                          preprocess=preprocess(size, resize, grayscale, denoise, equalize), n_jobs=jobs,
+                          max_pixels=max_pixels, name_with=name_clusters, save_model=save_model, out=out)
+    warn_skipped(res.skipped)
     if json_out:
         doc = res.to_dict()
         if save_model is not None:
             doc["model"] = str(save_model)
-        _print_json(doc)
+        print_json(doc)
         return
     _print_summary(res, out, save_model)
 
@@ -121,9 +101,8 @@ def cluster(
 def _print_summary(res, out: Path, save_model: Path | None) -> None:
     from rich.table import Table
 
-    con = _console()
-    for note in res.notes:
-        _err(f"note: {note}")
+    con = console()
+    notes(res.notes)
     m = res.metrics
     red = f"{res.reduce} {res.dims} dims" if res.dims else res.reduce
     con.print(f"clustered {m['n']} images ({res.features}, {red}) with {res.algo}: k = {res.k}"

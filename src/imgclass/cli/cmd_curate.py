@@ -1,4 +1,4 @@
-"""``imgclass curate``: Typer command, thin over ``imgclass.curation``."""
+"""``imgclass curate``: find the images that hurt a dataset (quality, duplicates, leakage, outliers, label issues)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .app import JOBS_HELP, MAX_PIXELS_HELP, _console, _err, _print_json, _warn_skipped, app
+from ._options import DEFAULT_MAX_PIXELS, JobsOpt, MaxPixelsOpt
+from ._output import console, err, notes, print_json, warn_skipped
+from .app import app
 
 _PANEL = "Detectors"
 _ACTIONS = "Actions (your files are never modified)"
@@ -36,50 +38,28 @@ def curate(
     exclude_types: Annotated[str | None, typer.Option(help="What --export-clean excludes, comma-separated (default blurry,duplicates,leakage,conflicting_labels,outliers,label_issues; also dark, bright, low_contrast, odd_size, grayscale).", rich_help_panel=_ACTIONS)] = None,
     suggest_labels: Annotated[Path | None, typer.Option(help="Write suggested labels for likely label errors to this CSV.", rich_help_panel=_ACTIONS)] = None,
     seed: Annotated[int, typer.Option(help="Seed for folds and outlier models.")] = 0,
-    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
-    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = 89_478_485,
+    jobs: JobsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     json_out: Annotated[bool, typer.Option("--json", help="Print the counts, timings and output files as JSON.")] = False,
 ):
     """Find blurry, badly exposed, duplicate, leaked, outlier and mislabelled images (report + CSVs)."""
-    from ..curation import DEFAULT_EXCLUDE, EXCLUDE_CHOICES
-    from ..curation import curate as _curate
-    from ..curation.duplicates import DuplicateLimits
-    from ..curation.quality import QualityLimits
-    from ..errors import ConfigError, DataError
+    from .. import api
 
-    if oof is not None and not oof.exists():
-        raise DataError(f"--oof {oof}: no such file; run 'imgclass cv DATA --method M --out cv/' and pass cv/oof.csv")
-    if folds < 2:
-        raise ConfigError(f"--folds {folds}: needs at least 2")
-    if not 0 < min_detail <= 1:
-        raise ConfigError(f"--min-detail {min_detail}: give a correlation between 0 and 1 (default 0.6)")
-    types = _types(exclude_types, "--exclude-types") or DEFAULT_EXCLUDE
-    bad = [t for t in types if t not in EXCLUDE_CHOICES]
-    if bad:  # checked before the (long) curation run, not after it
-        raise ConfigError(f"--exclude-types {','.join(bad)}: choose from {', '.join(EXCLUDE_CHOICES)}")
-    res = _curate(data, model=model, oof=oof, folds=folds, seed=seed, outlier_method=outlier_method,
-                  outlier_z=outlier_z, quality=QualityLimits(blur_z=blur_z),
-                  duplicates=DuplicateLimits(min_detail=min_detail), checks=_types(checks, "--checks") or (),
-                  n_jobs=jobs, max_pixels=max_pixels, log=_err)
-    if out is None:
-        from ..training import RunDir, default_run_dir
-
-        out = RunDir.claim_name(default_run_dir(data, "curate"))
-    files = {k: str(v) for k, v in res.write(out).items()}
-    if export_clean is not None:
-        kept, excluded = res.export_clean(export_clean, types)
-        files["clean"], files["excluded"] = str(kept), str(excluded)
-    if suggest_labels is not None:
-        files["suggested_labels"] = str(res.suggest_labels(suggest_labels))
-    _warn_skipped(res.skipped)
+    types = _types(exclude_types, "--exclude-types")
+    with api.new_run_dir(data, "curate", out) as out:
+        res, files = api.curate(data, model=model, oof=oof, folds=folds, seed=seed, outlier_method=outlier_method,
+                                outlier_z=outlier_z, blur_z=blur_z, min_detail=min_detail,
+                                checks=_types(checks, "--checks") or (), n_jobs=jobs, max_pixels=max_pixels, out=out,
+                                export_clean=export_clean, exclude_types=types, suggest_labels=suggest_labels,
+                                log=err)
+    warn_skipped(res.skipped)
     if json_out:
-        _print_json({**res.to_dict(), "files": files})
+        print_json({**res.to_dict(), "files": files})
         return
     from rich.table import Table
 
-    con = _console()
-    for note in res.notes:
-        _err(f"note: {note}")
+    con = console()
+    notes(res.notes)
     t = Table(title=f"curation of {res.dataset.name}: {len(res.dataset)} images", title_justify="left")
     t.add_column("issue")
     t.add_column("items", justify="right")
@@ -93,7 +73,7 @@ def curate(
         t.add_row(name.replace("_", " "), str(len(rows)), ex)
     con.print(t)
     if export_clean is not None:
-        n_ex = len(res.excluded(types))
+        n_ex = len(res.excluded(types) if types else res.excluded())
         con.print(f"kept {len(res.dataset) - n_ex - len(res.stats.errors)} items in {files['clean']}; excluded {n_ex} "
                   f"(+{len(res.stats.errors)} unreadable) listed with reasons in {files['excluded']}")
         con.print(f"train without them: imgclass train {data} --exclude {files['excluded']}")

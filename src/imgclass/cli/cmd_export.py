@@ -1,4 +1,4 @@
-"""``imgclass export``: Typer command, thin over ``imgclass.deploy``."""
+"""``imgclass export``: a model bundle to ONNX, optionally quantised and checked against the bundle."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .app import _console, _err, _print_json, app
+from ._output import console, err, print_json
+from .app import app
 
 
 @app.command(epilog="Example: imgclass export runs/cats/model --format onnx --quantize int8 --check")
@@ -25,18 +26,14 @@ def export(
 
     Deep models and feature pipelines on pixels or a deep backbone (pixels+logreg, lite0+logreg) export;
     HOG, LBP, colour-histogram and other scikit-image/OpenCV features have no ONNX form."""
-    from ..deploy import export as _export
-    from ..errors import ConfigError, DataError
+    from .. import api
 
-    if format.lower() != "onnx":
-        raise ConfigError(f"--format {format}: only onnx is supported")
-    if not (model / "model.json").exists():
-        raise DataError(f"{model}: not a model bundle (no model.json); pass runs/NAME/model")
-    s = _export(model, out=out, quantize_mode=quantize, opset=opset, check=check, calibration=calibration, log=_err)
+    s = api.export(model, format=format, quantize=quantize, opset=opset, check=check, calibration=calibration,
+                   out=out, log=err)
     if json_out:
-        _print_json(s)
+        print_json(s)
         return
-    con = _console()
+    con = console()
     size = s["bytes"] / 1e6
     con.print(f"exported {s['file']} ({size:.1f} MB" + (f", {s['quantize']} from {s['fp32_bytes'] / 1e6:.1f} MB fp32" if s.get("quantize") else "")
               + f", opset {s['opset']})")

@@ -1,4 +1,4 @@
-"""``imgclass pretrain``: Typer command(s), thin over ``imgclass.learning``."""
+"""``imgclass pretrain``: self-supervised pretraining on unlabelled images; the run folder becomes a backbone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .app import JOBS_HELP, MAX_PIXELS_HELP, OVERWRITE_HELP, _err, _print_json, _warn_skipped, app
+from ._options import MAX_PIXELS_HELP, JobsOpt, OverwriteOpt
+from ._output import err, print_json, warn_skipped
+from .app import app
 
 _PANEL = "Objective"
 
@@ -23,7 +25,7 @@ def pretrain(
     img_size: Annotated[int | None, typer.Option(help="Input size in pixels (default: the backbone's); stored with the weights.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<DIR>-<method>-<backbone>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its directory, after its last finished epoch.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+    overwrite: OverwriteOpt = False,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-3 for AdamW, 1e-3 for BYOL).", rich_help_panel=_PANEL)] = None,
     temperature: Annotated[float | None, typer.Option(help="SimCLR: softmax temperature (default 0.2); selflabel: of its cosine classifier (default 0.1).", rich_help_panel=_PANEL)] = None,
     view_size: Annotated[int | None, typer.Option(help="Side of the augmented views (default: 3/4 of --img-size; with --unfreeze, --img-size); smaller is faster.", rich_help_panel=_PANEL)] = None,
@@ -36,21 +38,21 @@ def pretrain(
     unfreeze: Annotated[int | None, typer.Option(help="SimCLR, SCAN or selflabel with NAME@imagenet or a pretrained run: train only the last N blocks; the frozen rest runs once over a bank of views (fast on a CPU).", rich_help_panel=_PANEL)] = None,
     view_bank: Annotated[int | None, typer.Option(help="With --unfreeze: augmented views cached per image (default 6).", rich_help_panel=_PANEL)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default 0).")] = None,
-    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    jobs: JobsOpt = None,
     max_pixels: Annotated[int | None, typer.Option(help=MAX_PIXELS_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
     """Self-supervised pretraining on unlabelled images; the run directory then works as a backbone name."""
-    from ..learning.pretrain import pretrain as _pretrain
+    from .. import api
 
-    res = _pretrain(data, method=method, backbone=backbone, epochs=epochs, batch_size=batch_size, img_size=img_size,
-                    out=out, resume=resume, seed=seed, n_jobs=jobs, max_pixels=max_pixels, log=_err, lr=lr,
-                    temperature=temperature, view_size=view_size, hflip=hflip, unfreeze=unfreeze,
-                    view_bank=view_bank, clusters=clusters, neighbors=neighbors, entropy_weight=entropy_weight,
-                    confident=confident, randaugment=randaugment, overwrite=overwrite)
-    _warn_skipped(res.skipped)
+    res = api.pretrain(data, method=method, backbone=backbone, epochs=epochs, batch_size=batch_size, img_size=img_size,
+                       out=out, resume=resume, seed=seed, n_jobs=jobs, max_pixels=max_pixels, log=err, lr=lr,
+                       temperature=temperature, view_size=view_size, hflip=hflip, unfreeze=unfreeze,
+                       view_bank=view_bank, clusters=clusters, neighbors=neighbors, entropy_weight=entropy_weight,
+                       confident=confident, randaugment=randaugment, overwrite=overwrite)
+    warn_skipped(res.skipped)
     if json_out:
-        _print_json({"run_dir": str(res.run_dir), "backbone": res.backbone, "method": res.method, "arch": res.arch,
+        print_json({"run_dir": str(res.run_dir), "backbone": res.backbone, "method": res.method, "arch": res.arch,
                      "img_size": res.img_size, "images": res.n_images, "epochs": res.epochs,
                      "resumed_after": res.resumed_from, "losses": res.losses})
         return

@@ -1,4 +1,4 @@
-"""``imgclass tune``: Typer command, thin over ``imgclass.api.tune`` (Optuna hyper-parameter search)."""
+"""``imgclass tune`` (Optuna hyper-parameter search) and ``imgclass lr-find`` (a learning-rate range test)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .app import JOBS_HELP, TASK_HELP, _err, _print_json, app
+from ._options import LABELLED_HELP, JobsOpt, TaskOpt
+from ._output import err, print_json
+from .app import app
 
 # The search space of imgclass.training.tuning (kept here as text so that --help imports nothing heavy;
 # tests/test_tune.py checks that the two agree).
@@ -50,7 +52,7 @@ deep             batch_size           one of 32, 64, 128
              epilog="Example: imgclass tune photos/ --method hog+svm --trials 30 --out runs/photos-tune; then "
                     "imgclass train photos/ --params runs/photos-tune/best.json")
 def tune(
-    data: Annotated[str, typer.Argument(metavar="DATA", help="Labelled folder, CSV or JSONL.")],
+    data: Annotated[str, typer.Argument(metavar="DATA", help=LABELLED_HELP)],
     method: Annotated[str, typer.Option("--method", "-m", help="Method spec to tune, e.g. hog+svm, pixels+rf, smallcnn.")],
     trials: Annotated[int, typer.Option(help="Finished trials the study should hold, trial 0 (the defaults) included.")] = 20,
     timeout: Annotated[float | None, typer.Option(help="Start no new trial after this many seconds (run again to continue).")] = None,
@@ -62,17 +64,17 @@ def tune(
     features: Annotated[bool, typer.Option("--features/--no-features", help="Also search feature parameters (HOG cells, pixel size, LBP grid).")] = True,
     epochs: Annotated[int | None, typer.Option(help="Deep: epochs per trial (fixed; default: the method's).")] = None,
     img_size: Annotated[int | None, typer.Option(help="Deep: input size in pixels (fixed).")] = None,
-    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
-    jobs: Annotated[int | None, typer.Option(help=JOBS_HELP)] = None,
+    task: TaskOpt = None,
+    jobs: JobsOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
     from .. import api
 
     res = api.tune(data, method, trials, timeout=timeout, out=out, seed=seed, val_split=val_split,
                    study_name=study_name, metric=metric, task=task, n_jobs=jobs, tune_features=features,
-                   epochs=epochs, img_size=img_size, log=_err)
+                   epochs=epochs, img_size=img_size, log=err)
     if json_out:
-        _print_json(res.to_dict())
+        print_json(res.to_dict())
         return
     say = typer.echo  # plain lines: rich would wrap them at 80 columns in logs and pipes
     say(f"tuned {res.method}: {res.trials} trials ({res.complete} complete, {res.pruned} pruned, {res.failed} failed), "
@@ -86,5 +88,32 @@ def tune(
     say(f"files: {res.out}/best.json, trials.csv, optimization.png, study.db")
     say(f"train with them: imgclass train {data} --params {res.out / 'best.json'}")
 
+
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@app.command("lr-find", epilog="Example: imgclass lr-find photos/ --method smallcnn --out lr.png")
+def lr_find(
+    data: Annotated[str, typer.Argument(metavar="DATA", help=LABELLED_HELP)],
+    method: Annotated[str, typer.Option("--method", "-m", help="A deep method, e.g. smallcnn or lite0.")] = "smallcnn",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the loss-vs-LR plot.")] = Path("lr_find.png"),
+    steps: Annotated[int, typer.Option(help="Training steps in the sweep.")] = 100,
+    start: Annotated[float, typer.Option(help="First learning rate.")] = 1e-6,
+    end: Annotated[float, typer.Option(help="Last learning rate.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    img_size: Annotated[int | None, typer.Option(help="Input size in pixels (default: the backbone's).")] = None,
+    optimizer: Annotated[str, typer.Option(help="adamw, sgd or rmsprop.")] = "adamw",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the curve and the suggestion as JSON.")] = False,
+):
+    """Learning-rate range test: plot loss against LR and suggest a value for --lr."""
+    from .. import api
+
+    res = api.lr_find(data, method, out=out, steps=steps, start=start, end=end, batch_size=batch_size,
+                      img_size=img_size, optimizer=optimizer, seed=seed)
+    if json_out:
+        print_json({"suggestion": res.suggestion, "lrs": res.lrs, "losses": res.losses, "plot": str(out)})
+        return
+    sug = f"{res.suggestion:.2e}" if res.suggestion else "none (too few steps)"
+    typer.echo(f"suggested --lr {sug}  (plot: {out})")

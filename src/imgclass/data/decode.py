@@ -14,10 +14,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
-from .shards.io import ShardMember
-
-#: Same default as Pillow's own bomb guard (89,478,485 pixels = a 0.25 GB 24-bit image).
-DEFAULT_MAX_PIXELS = 89_478_485
+from ..limits import DEFAULT_MAX_PIXELS
+from .shards import ShardMember
 
 #: Bytes read per image file at most: no image within the pixel limit needs more (4 bytes a pixel, plus
 #: room for metadata), so a bigger file, or an endless one such as ``/dev/zero``, is refused unread.

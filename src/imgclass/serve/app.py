@@ -154,13 +154,13 @@ def create_app(model, api_key: str | None = None, max_upload_bytes: int = 20 * 2
     ``budget_wait_s`` gets 503 + ``Retry-After``. Up to ``max_batch`` images that arrive within
     ``batch_wait_ms`` share one model call; ``model_threads`` such calls may run at once (``imgclass
     serve`` uses one per core, each with one ONNX Runtime thread). ``runtime`` as in
-    ``imgclass.api.resolve_model``. A bundle path is loaded here, so a bad one fails at once.
+    ``imgclass.deploy.load.resolve_model``. A bundle path is loaded here, so a bad one fails at once.
 
     The served model is set to predict in this process (``n_jobs=1``) without the on-disk embedding
     cache; a model object passed in is changed that way too.
     """
     from .. import __version__
-    from ..api import resolve_model
+    from ..deploy.load import resolve_model
 
     _check_options(max_upload_bytes, max_batch, batch_wait_ms, model_threads, max_pixels, decode_memory_bytes,
                    body_memory_bytes)

@@ -12,11 +12,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..limits import SERVE_MAX_PIXELS
 from .uploads import ApiError
-
-#: The server's default pixel limit: smaller than the CLI's (``data.decode.DEFAULT_MAX_PIXELS``, ~89 MP),
-#: because a server decodes what strangers send, many at once.
-SERVE_MAX_PIXELS = 40_000_000
 
 #: Peak bytes per decoded pixel: Pillow keeps RGB in 4 bytes, a mode conversion or EXIF rotation makes a
 #: second copy and pre-processing reads the full image once more.
