@@ -24,6 +24,7 @@ def load_model_arg(model) -> tuple[Any, Path | None]:
 
 
 def method_name(model) -> str:
+    """The model's method spec, or its type name, for tables and logs."""
     return str(getattr(model, "method", None) or type(model).__name__)
 
 
@@ -78,4 +79,5 @@ def targets_in(classes: list[str], ds) -> np.ndarray:
 
 
 def data_name(data) -> str:
+    """The data as recorded in ``config.yaml`` and ``compress.json``: an absolute path or the dataset's name."""
     return os.path.abspath(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "name", "data")

@@ -12,12 +12,14 @@ from typing import Any
 
 
 def run_dir(out, hint: str):
+    """Claim the run folder ``out`` (refused when another run holds it or it already has files)."""
     from ...training import RunDir
 
     return RunDir.create(out, hint=hint, remedy="choose another --out (or delete that folder)")
 
 
 def write_run(run, ds, idx, val_split: float, seed: int, config: dict[str, Any]) -> None:
+    """Write the run's ``config.yaml`` and ``split.json``."""
     run.write_config(config)
     ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
 

@@ -13,6 +13,7 @@ from ...errors import ConfigError, DataError
 
 
 def check_method(method: str) -> None:
+    """Refuse a method that is not ``FEATURES+CLASSIFIER``: every round refits only the classifier."""
     from ...models import parse_spec
 
     if parse_spec(method).kind != "features":
@@ -21,6 +22,7 @@ def check_method(method: str) -> None:
 
 
 def feature_pipeline(method: str, seed: int, n_jobs: int | None, max_pixels: int | None):
+    """The unfitted feature pipeline of ``method``."""
     from ...models import build_model
 
     check_method(method)
@@ -28,6 +30,7 @@ def feature_pipeline(method: str, seed: int, n_jobs: int | None, max_pixels: int
 
 
 def as_dataset(data: ImageDataset | str | os.PathLike, task: str | None, option: str = "DATA") -> ImageDataset:
+    """``data`` as a labelled single-label ``ImageDataset``, or a one-line error naming ``option``."""
     ds = data if isinstance(data, ImageDataset) else load_dataset(data, task=task)
     if task and isinstance(data, ImageDataset):
         ds = ds.with_task(task)
@@ -41,6 +44,7 @@ def as_dataset(data: ImageDataset | str | os.PathLike, task: str | None, option:
 
 
 def check_two_classes(y: np.ndarray, classes: list[str], where: str) -> None:
+    """Refuse labels of fewer than two classes: nothing to train on."""
     present = np.unique(y[y >= 0])
     if len(present) < 2:
         have = ", ".join(classes[i] for i in present) or "none"
@@ -58,4 +62,5 @@ def one_thread():
 
 
 def source_name(src: Any, i: int) -> str:
+    """A printable name of an image source (a path, or in-memory bytes by position)."""
     return str(src) if isinstance(src, (str, os.PathLike)) else f"<bytes #{i}>"
