@@ -86,6 +86,6 @@ def data_pack(
     warn_skipped(s["skipped"])
     splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
     typer.echo(f"packed {s['items']:,} images ({len(s['classes'])} classes" + (f"; {splits}" if splits else "")
-                     + f") into {s['shards']} shard{'s' if s['shards'] != 1 else ''}, {s['bytes'] / 1e6:.1f} MB, "
-                     f"in {s['seconds']:.1f} s ({s['images_per_s']:,.0f} img/s)")
+               + f") into {s['shards']} shard{'s' if s['shards'] != 1 else ''}, {s['bytes'] / 1e6:.1f} MB, "
+               f"in {s['seconds']:.1f} s ({s['images_per_s']:,.0f} img/s)")
     typer.echo(f"index: {s['index']}  (use the folder as DATA anywhere, e.g. imgclass train {s['out']})")

@@ -51,7 +51,7 @@ def evaluate(
         return
     con = console()
     con.print(metric_table(f"{ev.title} ({ev.metrics['n']} images)",
-                            {k: v for k, v in ev.metrics.items() if k != "n"}))
+                           {k: v for k, v in ev.metrics.items() if k != "n"}))
     con.print(per_class_table(ev.metrics["per_class"]))
     slices = ev.slices()
     if slices:

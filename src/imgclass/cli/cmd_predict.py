@@ -49,7 +49,7 @@ def predict(
     errors = dict(m.errors_)
     if json_out:
         print_json([{"path": p, **(r.to_dict() if r is not None else {"label": None, "error": errors.get(p, "unreadable")})}
-                     for p, r in zip(ds.sources, results)])
+                    for p, r in zip(ds.sources, results)])
         return
     names = [os.path.relpath(p) if not os.path.relpath(p).startswith("..") else p for p in ds.sources]
     width = min(max(len(n) for n in names), 60)

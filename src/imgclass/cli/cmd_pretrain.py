@@ -53,8 +53,8 @@ def pretrain(
     warn_skipped(res.skipped)
     if json_out:
         print_json({"run_dir": str(res.run_dir), "backbone": res.backbone, "method": res.method, "arch": res.arch,
-                     "img_size": res.img_size, "images": res.n_images, "epochs": res.epochs,
-                     "resumed_after": res.resumed_from, "losses": res.losses})
+                    "img_size": res.img_size, "images": res.n_images, "epochs": res.epochs,
+                    "resumed_after": res.resumed_from, "losses": res.losses})
         return
     losses = res.losses
     trend = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""

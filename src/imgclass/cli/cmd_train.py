@@ -114,7 +114,7 @@ def train(
     warn_skipped(model.meta_.get("train_skipped", []) + model.meta_.get("val_skipped", []))
     if json_out:
         print_json({"run_dir": str(model.run_dir), "model": str(model.run_dir / "model"), "metrics": val,
-                     **({"semi": semi_report} if semi_report else {})})
+                    **({"semi": semi_report} if semi_report else {})})
         return
     con = console()
     con.print(f"trained [bold]{model.method}[/] on {len(model.classes_)} classes ({model.task_})")
