@@ -102,7 +102,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
     listed more than once or in two splits; see ``imgclass.data.duplicates``.
     """
     from .data.duplicates import check_policy, overlap, resolve_duplicates, resolve_overlap
-    from .models import parse_spec
+    from .models import TaskOptions, parse_spec
 
     if resume is not None:
         return _resume(resume, log)
@@ -122,8 +122,9 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
         log(f"--exclude {exclude}: left out {removed} item{'s' if removed != 1 else ''}; {len(ds)} remain")
         if removed == 0:
             log(f"warning: none of the paths in {exclude} are in {ds.name}; check that it was written for this data")
-    check_task_options(ds, positive=positive, threshold_for=threshold_for, min_confidence=min_confidence,
-                       hierarchy=hierarchy, balance=balance)
+    options = TaskOptions(positive=positive, threshold_for=threshold_for, min_confidence=min_confidence,
+                          hierarchy=hierarchy, balance=balance, calibrate=calibrate)
+    options.check(ds)
     semi_kw = _semi_options(spec.kind, ds, unlabeled, semi, pseudo_threshold, log)
     if semi_kw and spec.kind == "deep" and pseudo_threshold is not None:
         train_config = {**(train_config or {}), "pseudo_threshold": float(pseudo_threshold)}
@@ -156,9 +157,7 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
                           "preprocess": preprocess.to_dict() if preprocess else None,
                           "train": train_config, "img_size": img_size, "pretrained": pretrained,
                           "taxonomy": os.path.abspath(taxonomy) if taxonomy is not None else None,
-                          "decision": {"positive": positive, "threshold_for": threshold_for,
-                                       "min_confidence": min_confidence, "hierarchy": hierarchy, "balance": balance,
-                                       "calibrate": calibrate},
+                          "decision": options.to_dict(),
                           "exclude": os.path.abspath(exclude) if exclude is not None else None,
                           "duplicates": duplicates,
                           "semi": {"unlabeled": os.path.abspath(unlabeled) if isinstance(unlabeled, (str, os.PathLike))
@@ -169,11 +168,10 @@ def train(data: ImageDataset | str | os.PathLike | None = None, method: str | No
             ds.save_split(run.split_file, idx, seed=seed, val=val_split, test=0.0)
         run.log(f"train {method} on {len(train_ds)} images, validate on {len(val_ds)}")
     try:
-        return _fit_and_record(spec.kind, ds, train_ds, val_ds, method, run, ckpt=ckpt, seed=seed, n_jobs=n_jobs,
+        return _fit_and_record(spec, ds, train_ds, val_ds, method, run, ckpt=ckpt, seed=seed, n_jobs=n_jobs,
                                max_pixels=max_pixels, preprocess=preprocess, train_config=train_config,
-                               img_size=img_size, pretrained=pretrained, resume=False, log=log, positive=positive,
-                               threshold_for=threshold_for, min_confidence=min_confidence, hierarchy=hierarchy,
-                               balance=balance, calibrate=calibrate, **semi_kw, **param_kw)
+                               img_size=img_size, pretrained=pretrained, resume=False, log=log, options=options,
+                               **semi_kw, **param_kw)
     finally:
         if run is not None:
             run.release()
@@ -233,7 +231,7 @@ def _init_distributed(kind: str, train_config: dict | None):
     return distributed.init(distributed.resolve_device((train_config or {}).get("device", "auto")))
 
 
-def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, ckpt=None, **kw):
+def _fit_and_record(spec, ds, train_ds, val_ds, method, run, *, resume, log, ckpt=None, **kw):
     """Fit and, with a run directory, save the bundle, metrics and report. ``ckpt``: the checkpoint folder of
     a rank other than 0 under torchrun (which gets no ``run`` and writes nothing)."""
     on_epoch = None
@@ -242,8 +240,8 @@ def _fit_and_record(kind, ds, train_ds, val_ds, method, run, *, resume, log, ckp
             run.log_metrics({"split": "val" if any(k.startswith("val_") for k in rec) else "train", **rec})
             run.log(f"epoch {rec['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items()
                                                           if isinstance(v, float)))
-    model, P = fit_model(train_ds, method, val=val_ds if len(val_ds) else None, log=log,
-                         ckpt_dir=run.path / "checkpoints" if run is not None and kind == "deep" else ckpt,
+    model, P = fit_model(train_ds, spec, val=val_ds if len(val_ds) else None, log=log,
+                         ckpt_dir=run.path / "checkpoints" if run is not None and spec.kind == "deep" else ckpt,
                          resume=resume, on_epoch=on_epoch, **kw)
     model.run_dir = run.path if run else None
     if run is not None:
@@ -276,7 +274,7 @@ def _resume(run_path: str | os.PathLike, log):
         raise ConfigError(f"--resume {run_path}: no config.yaml there; pass a run directory of 'imgclass train'")
     run = RunDir(run_path)
     cfg = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    from .models import parse_spec
+    from .models import TaskOptions, parse_spec
 
     spec = parse_spec(cfg["method"])
     if spec.kind != "deep":
@@ -299,11 +297,11 @@ def _resume(run_path: str | os.PathLike, log):
     semi_kw = (_semi_options(spec.kind, ds, semi_cfg["unlabeled"], semi_cfg.get("method"), None, log)
                if semi_cfg.get("unlabeled") else {})
     try:
-        return _fit_and_record(spec.kind, ds, train_ds, val_ds, cfg["method"], run, ckpt=ckpt,
+        return _fit_and_record(spec, ds, train_ds, val_ds, cfg["method"], run, ckpt=ckpt,
                                seed=cfg.get("seed", 0), n_jobs=cfg.get("n_jobs"), max_pixels=cfg.get("max_pixels"),
                                preprocess=_as_preprocess(cfg.get("preprocess")), train_config=cfg.get("train"),
                                img_size=cfg.get("img_size"), pretrained=cfg.get("pretrained"), resume=True, log=log,
-                               **(cfg.get("decision") or {}), **semi_kw)
+                               options=TaskOptions(**(cfg.get("decision") or {})), **semi_kw)
     finally:
         if run is not None:
             run.release()

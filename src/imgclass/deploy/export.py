@@ -98,7 +98,7 @@ def _export_module(model):
 def metadata(model) -> dict[str, Any]:
     """What a bare ONNX file needs to be used correctly (stored in its ``metadata_props``)."""
     from .. import __version__
-    from ..models.classical import decision_of
+    from ..models import decision_of
 
     pre = model.preprocess
     size = pre.size if isinstance(pre.size, (list, tuple)) else (pre.size, pre.size)

@@ -105,7 +105,7 @@ class OnnxModel:
         return out
 
     def predict(self, X: Sequence[ImageSource], top_k: int = 1):
-        from ..models.classical import predictions
+        from ..models import predictions
 
         return predictions(self, self.predict_proba(X), top_k)
 

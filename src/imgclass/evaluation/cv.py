@@ -93,10 +93,12 @@ def cross_validate(ds: ImageDataset, method: str, folds: int = 5, repeats: int =
     ``fit_kw`` go to ``imgclass.training.fit_model`` (``n_jobs``, ``preprocess``, ``train_config``,
     ``img_size``, ``pretrained``, ``hierarchy``, ``balance``, ...).
     """
-    from ..models import parse_spec
+    from ..models import TaskOptions, parse_spec
     from ..training import fit_model
 
     spec = parse_spec(method)
+    options = TaskOptions(hierarchy=fit_kw.pop("hierarchy", "flat"), balance=fit_kw.pop("balance", None),
+                          calibrate=False)
     if not ds.is_labelled:
         raise DataError(f"{ds.name}: has no labels; cross-validation needs labelled data")
     plan = fold_indices(ds, folds, repeats, seed)
@@ -119,9 +121,9 @@ def cross_validate(ds: ImageDataset, method: str, folds: int = 5, repeats: int =
             else:
                 t0 = time.perf_counter()
                 ckpt = out / "folds" / name / "checkpoints" if out is not None and spec.kind == "deep" else None
-                model, P = fit_model(ds.subset(tr, f"{ds.name}:cv-train"), method, val=ds.subset(va, f"{ds.name}:cv-val"),
+                model, P = fit_model(ds.subset(tr, f"{ds.name}:cv-train"), spec, val=ds.subset(va, f"{ds.name}:cv-val"),
                                      seed=seed, log=log, ckpt_dir=ckpt, resume=ckpt is not None and ckpt.exists(),
-                                     calibrate=False, **fit_kw)
+                                     options=options, **fit_kw)
                 ok = ~np.isnan(P).any(axis=1)
                 m = metrics(task, ds.targets[va][ok], P[ok], res.classes) if ok.any() else {}
                 rec = {"repeat": r, "fold": k, "n_train": int(len(tr)), "n_val": int(len(va)),

@@ -99,7 +99,7 @@ def _tree(model):
 def _targets(model, P: np.ndarray, target: str | Sequence[str] | None) -> list[str]:
     """The names to explain: the given ones (checked), else what the model predicts (every label
     above its threshold for multi-label models)."""
-    from ..models.classical import predictions
+    from ..models import predictions
 
     task = getattr(model, "task_", "multiclass")
     known = list(model.classes_)

@@ -137,7 +137,7 @@ def fit_semi_classical(model, train: ImageDataset, unlabeled: ImageDataset, semi
     threshold = DEFAULT_THRESHOLD[semi] if threshold is None else float(threshold)
     if not 0 < threshold <= 1:
         raise ConfigError(f"--pseudo-threshold {threshold}: give a probability in (0, 1]")
-    model.classes_, model.task_, model.taxonomy_ = list(train.classes), train.task or "multiclass", train.taxonomy
+    model.set_labels(train)
     model.fit_extractor(train)
     fl = model.features(train, "features (labelled)")
     fu = model.features(unlabeled, "features (unlabelled)")

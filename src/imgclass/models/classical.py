@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..data import ImageDataset
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelFormatError
 from ..features import (
     FeatureExtractor,
     Features,
@@ -20,8 +21,8 @@ from ..features import (
     make_extractor,
     sample_arrays,
 )
-from ..tasks.decision import Decision, Prediction
 from ..transforms import Preprocess
+from .base import ImageClassifier, calibrated, sources_of, with_gaps
 
 
 def _scaled(clf):
@@ -115,16 +116,16 @@ def make_classifier(name: str, seed: int = 0, task: str = "multiclass", params: 
     return clf
 
 
-def _sources_of(X: ImageDataset | Sequence[ImageSource]) -> list:
-    return list(X.sources) if isinstance(X, ImageDataset) else list(X)
-
-
-class FeaturePipeline:
+class FeaturePipeline(ImageClassifier):
     """``extractor`` → scikit-learn ``classifier``, with the scikit-learn estimator API on images.
 
-    ``fit(X, y)`` takes an ``ImageDataset`` (labels taken from it) or image sources with ``y`` as
-    class indices; ``predict_proba`` returns one row per input, columns ordered as ``classes_``
-    (rows of unreadable images are NaN, and ``errors_`` lists them).
+    ``fit(data, val)`` takes an ``ImageDataset`` (labels taken from it), or image sources with class
+    indices as the second argument (scikit-learn's ``fit(X, y)``); ``predict_proba`` returns one row per
+    input, columns ordered as ``classes_`` (rows of unreadable images are NaN, and ``errors_`` lists them).
+    ``balance``: ``none``, ``weights`` (``class_weight="balanced"``) or ``sampler`` (resampling);
+    ``hierarchy``: ``flat`` (one leaf classifier) or ``local`` (one per parent node). With a validation
+    set, ``calibrate`` fits a temperature and ``positive`` / ``threshold_for`` / ``min_confidence`` tune
+    the decision rule (``tasks.decision.tune_decision``).
     """
 
     kind = "feature_pipeline"
@@ -132,12 +133,14 @@ class FeaturePipeline:
     def __init__(self, extractor: FeatureExtractor | str, classifier: str | Any = "svm",
                  preprocess: Preprocess | None = None, seed: int = 0, n_jobs: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, method: str | None = None,
-                 classifier_params: dict[str, Any] | None = None):
+                 classifier_params: dict[str, Any] | None = None, balance: str = "none", hierarchy: str = "flat",
+                 calibrate: bool = True, positive: str | None = None, threshold_for: str | None = None,
+                 min_confidence: float | None = None):
+        # a value passed back by get_params is stored unchanged (what sklearn.base.clone checks)
         self.extractor = make_extractor(extractor) if isinstance(extractor, str) else extractor
-        self.classifier_name = classifier if isinstance(classifier, str) else type(classifier).__name__
         self.classifier = classifier
         #: overrides of the classifier's hyper-parameters (e.g. from ``imgclass tune``), kept in the bundle
-        self.classifier_params: dict[str, Any] = dict(classifier_params or {})
+        self.classifier_params = classifier_params
         defaults = self.extractor.preprocess_defaults()
         if preprocess is None:
             preprocess = Preprocess.from_dict(defaults)
@@ -148,51 +151,78 @@ class FeaturePipeline:
         self.preprocess = preprocess
         self.seed, self.n_jobs, self.max_pixels = seed, n_jobs, max_pixels
         self.method = method or f"{','.join(extractor_names(self.extractor))}+{self.classifier_name}"
-        self.classes_: list[str] = []
-        self.task_: str = "multiclass"
-        self.taxonomy_: dict | None = None
-        self.decision_: Decision | None = None
-        self.balance = "none"  # none | weights | sampler
-        self.hierarchy = "flat"  # hierarchical tasks: flat (one leaf classifier) | local (one per parent node)
+        self.balance, self.hierarchy, self.calibrate = balance, hierarchy, calibrate
+        self.positive, self.threshold_for, self.min_confidence = positive, threshold_for, min_confidence
+        self._init_state()
         self.classifier_ = None
-        self.errors_: list[tuple[str, str]] = []
-        self.timings_: dict[str, float] = {}
-        self.meta_: dict[str, Any] = {}
+
+    def _clone_param(self, name: str, value: Any) -> Any:
+        if name == "extractor":  # a fresh, unfitted extractor with the same parameters
+            return make_extractor(extractor_names(value), extractor_params(value))
+        return super()._clone_param(name, value)
+
+    @property
+    def classifier_name(self) -> str:
+        return self.classifier if isinstance(self.classifier, str) else type(self.classifier).__name__
 
     # ---------------------------------------------------------------- features
     def features(self, X: ImageDataset | Sequence[ImageSource], description: str = "features") -> Features:
         """Decode, pre-process and extract features (fits the extractor first when it needs it)."""
-        return extract_features(self.extractor, _sources_of(X), self.preprocess, n_jobs=self.n_jobs,
+        return extract_features(self.extractor, sources_of(X), self.preprocess, n_jobs=self.n_jobs,
                                 max_pixels=self.max_pixels, description=description)
 
     def fit_extractor(self, X: ImageDataset | Sequence[ImageSource], max_images: int = 2000) -> FeaturePipeline:
         if self.extractor.needs_fit and not self.extractor.is_fitted:
-            arrays = sample_arrays(_sources_of(X), self.preprocess, max_images, self.seed, self.max_pixels)
+            arrays = sample_arrays(sources_of(X), self.preprocess, max_images, self.seed, self.max_pixels)
             self.extractor.fit(arrays)
         return self
 
     # ---------------------------------------------------------------- fitting
-    def fit(self, X: ImageDataset | Sequence[ImageSource], y: np.ndarray | None = None) -> FeaturePipeline:
-        if isinstance(X, ImageDataset):
-            if not X.is_labelled:
-                raise DataError(f"{X.name}: no labels to train on; give a folder per class, a CSV or JSONL")
-            y = X.targets
-            self.classes_ = list(X.classes)
-            self.task_ = X.task or "multiclass"
-            self.taxonomy_ = X.taxonomy
-        elif y is None:
-            raise ConfigError("fit(sources, y): y is required when X is not an ImageDataset")
+    def fit(self, data: ImageDataset | Sequence[ImageSource], val: ImageDataset | np.ndarray | None = None,
+            unlabeled: ImageDataset | None = None, *, semi: Callable | None = None,
+            log: Callable[[str], Any] | None = None) -> FeaturePipeline:
+        """Fit on ``data``; with a validation dataset ``val`` also calibrate and tune the decision rule.
+
+        ``unlabeled`` (semi-supervised) needs ``semi(model, data, unlabeled)``, a fitter from
+        ``imgclass.learning.semi`` (``imgclass.train(unlabeled=...)`` passes it).
+        """
+        log = log or (lambda m: None)
+        if not isinstance(data, ImageDataset):  # scikit-learn style: fit(sources, y)
+            if val is None:
+                raise ConfigError("fit(sources, y): y is required when X is not an ImageDataset")
+            self._fit_sources(data, np.asarray(val))
+            return self
+        self.set_labels(data)
+        if unlabeled is not None:
+            if semi is None:
+                raise ConfigError("fit(unlabeled=...) needs semi=, a fitter from imgclass.learning.semi; or use "
+                                  "imgclass.train(unlabeled=...)")
+            semi(self, data, unlabeled)
         else:
-            y = np.asarray(y)
-            if not self.classes_:
-                self.classes_ = [str(c) for c in range(int(y.max()) + 1)] if y.ndim == 1 else [
-                    str(c) for c in range(y.shape[1])]
+            self._fit_sources(data, data.targets)
+        if self.errors_:
+            log(f"skipped {len(self.errors_)} unreadable training images (listed in the report)")
+        self.meta_["train_skipped"] = list(self.errors_)
+        P = None
+        if val is not None and len(val):
+            P = self.predict_proba(val)
+            self.meta_["val_skipped"] = list(self.errors_)
+            if self.errors_:
+                log(f"skipped {len(self.errors_)} unreadable validation images (listed in the report)")
+        self.meta_["data_fingerprint"] = data.fingerprint()
+        self._finish_fit(val, P, log)
+        return self
+
+    def _fit_sources(self, X: ImageDataset | Sequence[ImageSource], y: np.ndarray) -> None:
+        if not isinstance(X, ImageDataset) and not self.classes_:
+            self.classes_ = [str(c) for c in range(int(y.max()) + 1)] if y.ndim == 1 else [
+                str(c) for c in range(y.shape[1])]
         t0 = time.perf_counter()
         self.fit_extractor(X)
         feats = self.features(X, "features (train)")
         self.timings_["features_fit_s"] = time.perf_counter() - t0
         self.errors_ = feats.errors
-        return self.fit_features(feats.X, np.asarray(y)[feats.ok])
+        self.fit_features(feats.X, np.asarray(y)[feats.ok])
 
     def fit_features(self, F: np.ndarray, y: np.ndarray) -> FeaturePipeline:
         """Fit the classifier on precomputed features (used by ``compare`` to share extraction)."""
@@ -236,7 +266,7 @@ class FeaturePipeline:
             from sklearn.base import clone
 
             return clone(self.classifier)
-        params = {**(self.extractor.classifier_defaults.get(self.classifier) or {}), **self.classifier_params}
+        params = {**(self.extractor.classifier_defaults.get(self.classifier) or {}), **(self.classifier_params or {})}
         if self.balance == "weights" and (y is None or y.ndim == 1) and self.classifier in CLASS_WEIGHTED:
             params["class_weight"] = "balanced"
         return make_classifier(self.classifier, self.seed, self.task_, params)
@@ -303,47 +333,72 @@ class FeaturePipeline:
     def predict_proba(self, X: ImageDataset | Sequence[ImageSource]) -> np.ndarray:
         """``(n, n_classes)`` probabilities; NaN rows for images that could not be read."""
         self._check_fitted()
-        sources = _sources_of(X)
+        sources = sources_of(X)
         feats = self.features(sources, "predict")
         self.errors_ = feats.errors
         rows = self.predict_proba_features(feats.X) if len(feats.X) else feats.X
         return with_gaps(len(sources), feats.ok, rows, len(self.classes_))
 
-    def predict(self, X: ImageDataset | Sequence[ImageSource], top_k: int = 1) -> list[Prediction | None]:
-        """A ``Prediction`` per image (decided label(s), probability, top-k); ``None`` if unreadable."""
-        return predictions(self, self.predict_proba(X), top_k)
-
     # ---------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:
         return {"features": extractor_names(self.extractor), "feature_params": extractor_params(self.extractor),
-                "classifier": self.classifier_name, "classifier_params": dict(self.classifier_params),
+                "classifier": self.classifier_name, "classifier_params": dict(self.classifier_params or {}),
                 "balance": self.balance, "hierarchy": self.hierarchy}
 
-    def save(self, path, **meta) -> None:
-        from .bundle import save_bundle
+    def _check_saveable(self) -> None:
+        if self.classifier_ is None:
+            raise ModelFormatError("cannot save an unfitted model; train it first")
 
-        save_bundle(self, path, **meta)
+    def _write_payload(self, folder: Path, meta: dict[str, Any]) -> None:
+        """``estimator.skops`` (classifier and extractor state) and the backbone weights deep features read."""
+        import skops.io as sio
+
+        from .pipeline_io import embed_backbone_weights, untrained_classes
+
+        untrained = untrained_classes(self)
+        if untrained:
+            meta["untrained_classes"] = untrained
+        sio.dump({"classifier": self.classifier_, "extractor_state": self.extractor.get_state()},
+                 folder / ESTIMATOR_FILE)
+        embed_backbone_weights(meta, folder)
 
     @classmethod
-    def load(cls, path) -> FeaturePipeline:
-        from .bundle import load_model
+    def _from_config(cls, folder: Path, meta: dict[str, Any]) -> FeaturePipeline:
+        """The pipeline of a bundle: backbone files confined to it, ``estimator.skops`` read through the
+        allow-list (``skops_guard``) before the extractor is built."""
+        from .pipeline_io import resolve_bundle_files
+        from .skops_guard import load_estimator
+        from .validate import MODEL_JSON, bundle_file, refuse
 
-        model = load_model(path)
-        if not isinstance(model, cls):
-            raise ConfigError(f"{path}: holds a {type(model).__name__}, not a FeaturePipeline")
+        est = bundle_file(folder, ESTIMATOR_FILE)
+        if not est.is_file():
+            raise ModelFormatError(f"{folder}: {ESTIMATOR_FILE} is missing; the bundle is incomplete")
+        resolve_bundle_files(meta, folder)
+        payload = load_estimator(est)
+        try:
+            extractor = make_extractor(meta["features"], meta.get("feature_params"))
+            extractor.set_state(payload.get("extractor_state", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise refuse(folder / MODEL_JSON, f"missing or bad features field ({exc})") from None
+        model = cls(extractor, meta["classifier"], Preprocess.from_dict(meta.get("preprocessing")),
+                    seed=meta.get("seed", 0), method=meta.get("method"),
+                    classifier_params=meta.get("classifier_params"), balance=meta.get("balance", "none"),
+                    hierarchy=meta.get("hierarchy", "flat"))
+        model.classifier_ = payload["classifier"]
         return model
+
+    def _read_payload(self, folder: Path, meta: dict[str, Any]) -> None:
+        """Check that the classifier answers for exactly the model's classes and features."""
+        from .pipeline_io import check_outputs
+        from .validate import bundle_file
+
+        check_outputs(self, bundle_file(folder, ESTIMATOR_FILE), meta.get("untrained_classes") or [])
 
     def __repr__(self) -> str:
         return f"FeaturePipeline(method={self.method!r}, classes={len(self.classes_)}, fitted={self.classifier_ is not None})"
 
 
-def with_gaps(n: int, ok: np.ndarray, rows: np.ndarray, n_cols: int) -> np.ndarray:
-    """An ``(n, n_cols)`` matrix holding ``rows`` at the ``ok`` positions and NaN rows elsewhere
-    (the shape every ``predict_proba`` returns when some images could not be read)."""
-    out = np.full((n, n_cols), np.nan)
-    if len(rows):
-        out[ok] = rows
-    return out
+ESTIMATOR_FILE = "estimator.skops"
 
 
 #: classifiers that take scikit-learn's ``class_weight`` (the others are balanced by resampling)
@@ -357,22 +412,3 @@ def _oversample(F: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np
     idx = np.concatenate([rng.choice(np.flatnonzero(y == c), counts.max(), replace=True) if n < counts.max()
                           else np.flatnonzero(y == c) for c, n in enumerate(counts) if n > 0])
     return F[idx], y[idx]
-
-
-def calibrated(model, P: np.ndarray) -> np.ndarray:
-    """``P`` with the model's fitted temperature applied (unchanged when it has none)."""
-    from ..tasks.calibration import apply_temperature
-
-    cal = model.meta_.get("calibration") or {}
-    return apply_temperature(model.task_, P, cal.get("temperature"))
-
-
-def decision_of(model) -> Decision:
-    """The model's tuned decision rule, or the default rule of its task."""
-    d = getattr(model, "decision_", None)
-    return d if d is not None else Decision(task=model.task_, classes=list(model.classes_), taxonomy=model.taxonomy_)
-
-
-def predictions(model, P: np.ndarray, top_k: int = 1) -> list[Prediction | None]:
-    """``Prediction`` per row of ``P`` under the model's decision rule (``None`` for NaN rows)."""
-    return decision_of(model).predict(P, top_k)

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.decode import DEFAULT_MAX_PIXELS, ImageSource
+from ..data import ImageDataset
+from ..data.decode import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError, ModelFormatError
 from ..features import decode_to_tensor
 from ..features.backbones import (
@@ -31,9 +32,8 @@ from ..features.backbones import (
     resolve_arch,
 )
 from ..features.deep import cache_dir, export_onnx
-from ..tasks.decision import Decision
 from ..transforms import Preprocess
-from .classical import _sources_of, calibrated, predictions, with_gaps
+from .base import ImageClassifier, calibrated, sources_of, with_gaps
 
 WEIGHTS_FILE = "weights.safetensors"
 #: pixels per inference batch (64 images of 256 x 256): bounds activation memory for large input sizes
@@ -146,11 +146,13 @@ def fold_static_pads(onnx_bytes: bytes) -> bytes:
         return onnx_bytes
 
 
-class DeepClassifier:
+class DeepClassifier(ImageClassifier):
     """A timm backbone with a classification head, trained end to end.
 
     ``pretrained``: ``"imagenet"`` (offline for lite0-2), ``"hub"``, a weights file, or ``None``.
-    ``train_config`` is a ``TrainConfig`` dict used by ``imgclass.training``.
+    ``train_config``: a ``TrainConfig`` dict for the engine (epochs, lr, ``balance``, ...). ``hierarchy``:
+    ``flat`` (leaf softmax) or ``local`` (a softmax per parent node). With a validation set, ``calibrate``
+    fits a temperature and ``positive`` / ``threshold_for`` / ``min_confidence`` tune the decision rule.
     """
 
     kind = "deep"
@@ -158,10 +160,12 @@ class DeepClassifier:
     def __init__(self, backbone: str, pretrained: str | None = "imagenet", img_size: int | None = None,
                  preprocess: Preprocess | None = None, train_config: dict[str, Any] | None = None, seed: int = 0,
                  n_jobs: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, method: str | None = None,
-                 engine: str = "onnx", *, _defer_backbone: bool = False):
-        self.backbone, self.pretrained = backbone, pretrained
-        # ``_defer_backbone`` (bundles, whose pre-processing is complete): timm is only imported when needed
-        self._backbone_cfg: BackboneConfig | None = None if _defer_backbone else backbone_config(backbone)
+                 engine: str = "onnx", hierarchy: str = "flat", calibrate: bool = True, positive: str | None = None,
+                 threshold_for: str | None = None, min_confidence: float | None = None):
+        # a value passed back by get_params is stored unchanged (what sklearn.base.clone checks)
+        self.backbone, self.pretrained, self.img_size = backbone, pretrained, img_size
+        # the backbone's config (timm) is read only when the pre-processing is incomplete or it is needed
+        self._backbone_cfg: BackboneConfig | None = None
         if preprocess is None or preprocess.size is None or preprocess.mean is None:
             size = int(img_size or self.backbone_cfg.input_size)
             if preprocess is None:
@@ -173,22 +177,48 @@ class DeepClassifier:
             if preprocess.mean is None:
                 preprocess = replace(preprocess, mean=self.backbone_cfg.mean, std=self.backbone_cfg.std)
         self.preprocess = preprocess
-        self.train_config = dict(train_config or {})
+        self.train_config = train_config if train_config is not None else {}
         self.seed, self.n_jobs, self.max_pixels, self.engine = seed, n_jobs, max_pixels, engine
         self.method = method or (backbone if pretrained else f"{backbone}@scratch")
-        self.classes_: list[str] = []
-        self.task_ = "multiclass"
-        self.taxonomy_: dict | None = None
-        self.decision_ = None
-        self.hierarchy = "flat"  # hierarchical tasks: flat (leaf softmax) | local (softmax per parent node)
+        self.hierarchy, self.calibrate = hierarchy, calibrate
+        self.positive, self.threshold_for, self.min_confidence = positive, threshold_for, min_confidence
+        self._init_state()
         self._net = None
         self._pending: tuple[str, int] | None = None  # (weights file, outputs) of a bundle network not built yet
         self._pending_key: str | None = None  # its ``_weights_hash``
-        self.errors_: list[tuple[str, str]] = []
         self.history_: list[dict] = []
-        self.meta_: dict[str, Any] = {}
-        self.timings_: dict[str, float] = {}
         self._onnx: tuple[str, Any] | None = None
+
+    # ---------------------------------------------------------------- training
+    def fit(self, data: ImageDataset, val: ImageDataset | None = None, unlabeled: ImageDataset | None = None, *,
+            log: Callable[[str], Any] = print, ckpt_dir: str | Path | None = None, resume: bool = False,
+            on_epoch: Callable[[dict], Any] | None = None) -> DeepClassifier:
+        """Train the network on ``data`` with the engine (``train_config``); with ``val`` keep the best
+        epoch, then calibrate and tune the decision rule on it. ``unlabeled``: FixMatch's pseudo-label loss.
+        ``ckpt_dir`` holds the checkpoints; ``resume`` continues from ``ckpt_dir/last.pt``."""
+        from ..training.engine import TrainConfig
+        from .deep_fit import train_network
+
+        self.set_labels(data)
+        if self.hierarchy not in ("flat", "local"):
+            raise ConfigError(f"--hierarchy {self.hierarchy!r}: choose flat or local")
+        cfg = TrainConfig.from_dict({"seed": self.seed, **self.train_config})
+        done = train_network(self, data, val, cfg, unlabeled=unlabeled, ckpt_dir=ckpt_dir, resume=resume, log=log,
+                             on_epoch=on_epoch)
+        self.model_ = done.net
+        self.history_ = done.history
+        if done.semi is not None:
+            self.meta_["semi"] = done.semi
+        self.meta_["train_skipped"] = done.train_skipped
+        self.meta_["val_skipped"] = done.val_skipped
+        self.errors_ = list(done.train_skipped)
+        self.meta_["data_fingerprint"] = data.fingerprint()
+        P = None
+        if done.val_x is not None and done.is_main:  # under DDP rank 0 alone calibrates, tunes and reports
+            rows = self.proba_from_logits(self.logits_from_tensor(done.val_x)) if len(done.val_x) else []
+            P = with_gaps(len(val), done.val_ok, rows, len(self.classes_))
+        self._finish_fit(val if P is not None else None, P, log)
+        return self
 
     # ---------------------------------------------------------------- network
     @property
@@ -346,7 +376,7 @@ class DeepClassifier:
     def predict_proba(self, X) -> np.ndarray:
         """``(n, n_classes)`` probabilities; NaN rows for images that could not be read."""
         self._check_fitted()
-        sources = _sources_of(X)
+        sources = sources_of(X)
         decode = _decode_pixels if self.engine == "onnx" else decode_to_tensor
         x, ok, errors = decode(sources, self.preprocess, n_jobs=self.n_jobs, max_pixels=self.max_pixels,
                                description="predict")
@@ -354,47 +384,47 @@ class DeepClassifier:
         return with_gaps(len(sources), ok, self.proba_from_logits(self.logits_from_tensor(x)) if len(x) else [],
                          len(self.classes_))
 
-    def predict(self, X: Sequence[ImageSource], top_k: int = 1):
-        return predictions(self, self.predict_proba(X), top_k)
-
     # ---------------------------------------------------------------- persistence
-    def save(self, path, **meta) -> Path:
-        from .bundle import save_deep_bundle
+    def _check_saveable(self) -> None:
+        if self.model_ is None:
+            raise ModelFormatError("cannot save an untrained model; train it first")
 
-        return save_deep_bundle(self, path, **meta)
+    def _write_payload(self, folder: Path, meta: dict[str, Any]) -> None:
+        """``weights.safetensors``: the whole network; the training history goes into ``model.json``."""
+        from safetensors.torch import save_file
+
+        meta["history"] = self.history_
+        sd = {k: v.detach().contiguous() for k, v in self.model_.state_dict().items()}
+        save_file(sd, str(folder / WEIGHTS_FILE))
 
     @classmethod
-    def from_bundle(cls, folder: Path, meta: dict[str, Any]) -> DeepClassifier:
-        """The model of a bundle whose ``model.json`` passed ``validate.check_meta``; weights checked."""
+    def _from_config(cls, folder: Path, meta: dict[str, Any]) -> DeepClassifier:
         from .validate import WEIGHT_NAMES, bundle_file, check_backbone_name
+
+        if not bundle_file(folder, WEIGHTS_FILE).is_file():
+            raise ModelFormatError(f"{folder}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
+        backbone = check_backbone_name(meta["backbone"], folder, folder / "model.json", "backbone")
+        # where the weights first came from is history: never read again, so only a name is kept
+        model = cls(backbone, pretrained=meta.get("pretrained") if meta.get("pretrained") in WEIGHT_NAMES else None,
+                    preprocess=Preprocess.from_dict(meta["preprocessing"]), train_config=meta.get("train_config"),
+                    seed=meta.get("seed", 0), method=meta.get("method"), hierarchy=meta.get("hierarchy", "flat"))
+        model.history_ = list(meta.get("history") or [])
+        return model
+
+    def _read_payload(self, folder: Path, meta: dict[str, Any]) -> None:
+        """The weights, checked (header, shapes, finite values) against the network of the model's outputs."""
+        from .validate import bundle_file
         from .weights import load_arrays
 
         wfile = bundle_file(folder, WEIGHTS_FILE)
-        if not wfile.is_file():
-            raise ModelFormatError(f"{folder}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
-        backbone = check_backbone_name(meta["backbone"], folder, folder / "model.json", "backbone")
-        model = cls(backbone, pretrained=None, preprocess=Preprocess.from_dict(meta["preprocessing"]),
-                    train_config=meta.get("train_config"), seed=meta.get("seed", 0), method=meta.get("method"),
-                    _defer_backbone=True)
-        # where the weights first came from is history: never read again, so only a name is kept
-        model.pretrained = meta.get("pretrained") if meta.get("pretrained") in WEIGHT_NAMES else None
-        model.classes_ = list(meta["classes"])
-        model.task_ = meta["task"]
-        model.taxonomy_ = meta.get("taxonomy")
-        model.decision_ = Decision.from_dict(meta["decision"]) if meta.get("decision") else None
-        model.hierarchy = meta.get("hierarchy", "flat")
-        model.history_ = list(meta.get("history") or [])
-        model.meta_ = {k: meta.get(k) for k in ("calibration", "metrics", "data_fingerprint")}
-        model.meta_["bundle"] = str(folder)
         arrays = load_arrays(wfile)
         # an ONNX export of exactly these weights is cached (so they fit the backbone): build the
         # torch network only if something asks for it; otherwise build and check it now
         key = _arrays_hash(arrays)
-        if model.engine == "onnx" and model._onnx_path(key).exists():
-            model._pending, model._pending_key = (str(wfile), model.n_outputs), key
+        if self.engine == "onnx" and self._onnx_path(key).exists():
+            self._pending, self._pending_key = (str(wfile), self.n_outputs), key
         else:
-            model.model_ = model._load_network(arrays, model.n_outputs)
-        return model
+            self.model_ = self._load_network(arrays, self.n_outputs)
 
     def config(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "arch": self.backbone_cfg.arch, "pretrained": self.pretrained,

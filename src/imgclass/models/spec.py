@@ -1,9 +1,9 @@
-"""Method specs: the strings that name an estimator (``hog+svm``, ``hog,color_hist+logreg``)."""
+"""Method specs (the strings that name an estimator: ``hog+svm``, ``lite0``) and the task options of a fit."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
 
@@ -20,7 +20,42 @@ class MethodSpec:
     pretrained: str | None = None
 
 
-def parse_spec(text: str) -> MethodSpec:
+@dataclass(frozen=True)
+class TaskOptions:
+    """How a model decides and balances: one value from ``api.train`` down to the estimator.
+
+    ``positive`` and ``threshold_for`` (binary: ``f1``, ``youden``, ``precision=0.95``), ``min_confidence``
+    (hierarchical fallback), ``hierarchy`` (``flat`` or ``local``), ``balance`` (``none``, ``weights``,
+    ``sampler``; ``None`` = the train config's) and ``calibrate`` (fit a temperature on validation).
+    """
+
+    positive: str | None = None
+    threshold_for: str | None = None
+    min_confidence: float | None = None
+    hierarchy: str = "flat"
+    balance: str | None = None
+    calibrate: bool = True
+
+    def check(self, ds) -> None:
+        """Refuse options that do not fit the dataset ``ds``, before a run folder or a model is made."""
+        from ..tasks.decision import tune_decision
+
+        task = ds.task or "multiclass"
+        if self.hierarchy not in ("flat", "local"):
+            raise ConfigError(f"--hierarchy {self.hierarchy!r}: choose flat or local")
+        if self.hierarchy == "local" and task != "hierarchical":
+            raise ConfigError("--hierarchy local needs hierarchical data (nested folders or --taxonomy); "
+                              f"this is {task}")
+        if self.balance is not None and self.balance not in ("none", "weights", "sampler"):
+            raise ConfigError(f"--balance {self.balance!r}: choose none, weights or sampler")
+        tune_decision(task, list(ds.classes), None, None, taxonomy=ds.taxonomy, positive=self.positive,
+                      threshold_for=self.threshold_for, min_confidence=self.min_confidence)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_spec(text: str | MethodSpec) -> MethodSpec:
     """Parse a method spec; raises ``ConfigError`` naming the bad part.
 
     >>> parse_spec("hog,color_hist+svm").features
@@ -30,6 +65,8 @@ def parse_spec(text: str) -> MethodSpec:
     from ..features.classical import EXTRACTORS
     from .classical import CLASSIFIERS
 
+    if isinstance(text, MethodSpec):
+        return text
     raw = (text or "").strip()
     t = raw.lower()
     if not t:

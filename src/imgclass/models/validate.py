@@ -16,6 +16,8 @@ from typing import Any
 
 from ..errors import ModelFormatError
 
+#: the bundle format this imgclass writes; a newer one is refused
+FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 #: largest ``model.json`` read (bundles hold a short history and metrics: tens of kilobytes)
 MAX_META_BYTES = 8 * 1024 * 1024
@@ -362,8 +364,6 @@ def check_backbone_name(value: Any, folder: Path, where, name: str) -> str:
 # ----------------------------------------------------------------------------- the whole document
 def check_meta(meta: Any, where: Path) -> dict[str, Any]:
     """``meta`` if it is a well-formed ``model.json`` of a known kind, else a ``ModelFormatError``."""
-    from .bundle import FORMAT_VERSION
-
     if not isinstance(meta, dict):
         raise refuse(where, "not a JSON object")
     version = meta.get("format_version")
@@ -412,3 +412,13 @@ def check_meta(meta: Any, where: Path) -> dict[str, Any]:
         if meta.get("preprocessing") is None or (meta["preprocessing"].get("size") is None):
             raise refuse(where, "a deep model needs preprocessing.size")
     return meta
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``model.json`` of a bundle folder, checked against the bundle schema (``check_meta``)."""
+    p = Path(path)
+    mj = bundle_file(p, MODEL_JSON) if p.is_dir() else p
+    if not mj.is_file():
+        raise ModelFormatError(f"{p}: not a model bundle (no {MODEL_JSON}); pass the folder written by "
+                               "'imgclass train' (runs/NAME/model)")
+    return check_meta(read_json(mj), mj)

@@ -49,7 +49,8 @@ def lr_find(train: ImageDataset, method: str, start: float = 1e-6, end: float = 
     import torch
 
     from ..models import build_model, parse_spec
-    from .fit import _targets, decode_images
+    from ..models.deep_fit import decode_images
+    from ..models.deep_fit import targets as _targets
 
     spec = parse_spec(method)
     if spec.kind != "deep":
