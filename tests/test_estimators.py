@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_colour_dataset
 from sklearn.base import clone
 
-from conftest import write_colour_dataset
 from imgclass import load_dataset
 from imgclass.models import FeaturePipeline, ImageClassifier, TaskOptions, build_model, parse_spec
 from imgclass.models.deep import DeepClassifier
