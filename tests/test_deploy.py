@@ -220,7 +220,7 @@ def test_tf_same_padding_is_folded_into_the_convolutions():
     import torch
     from timm.layers import Conv2dSame
 
-    from imgclass.models.deep import fold_static_pads
+    from imgclass.runtime import fold_static_pads
 
     class Net(torch.nn.Module):
         def __init__(self):

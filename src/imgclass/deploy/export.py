@@ -31,6 +31,7 @@ import numpy as np
 
 from .._util import atomic_write_bytes, atomic_write_json
 from ..errors import ConfigError, ModelFormatError
+from ..runtime import feed_uint8_input
 
 ONNX_FILE = "model.onnx"
 META_KEY = "imgclass"
@@ -42,6 +43,7 @@ def _export_module(model):
     """A torch module: uint8 NHWC image -> calibrated probabilities (see the module docstring)."""
     import torch
 
+    from ..runtime import preprocessed
     from ..tasks.hierarchy import sibling_groups
 
     net = model.model_.eval()
@@ -57,15 +59,7 @@ def _export_module(model):
     class Exported(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = net
-            # one value for every channel (EfficientNet-Lite: 0.5/0.5) becomes a scalar: the int8 graph
-            # runs channels-last, where a per-channel broadcast over the innermost 3 values made the
-            # two elementwise ops cost 10% of the whole int8 forward pass
-            scalar = len(set(pre.mean)) == 1 and len(set(pre.std)) == 1
-            for name, v in (("mean", pre.mean), ("std", pre.std)):
-                t = torch.tensor(v[0] if scalar else v, dtype=torch.float32) * 255
-                self.register_buffer(name, t if scalar else t.view(1, 3, 1, 1))
-            self.flip = bool(model.tta)
+            self.pre = preprocessed(net, pre.mean, pre.std, flip=bool(model.tta))  # normalise (+ flip TTA)
             self.t = float(temperature) if temperature else None
             if ancestor is not None:
                 order = torch.cat(groups)
@@ -73,16 +67,8 @@ def _export_module(model):
                 self.register_buffer("ancestor", ancestor)
                 self.groups = groups
 
-        def _normalise(self, image):
-            return (image.permute(0, 3, 1, 2).to(torch.float32) - self.mean) / self.std
-
         def forward(self, image):
-            if self.flip:  # the image and its mirror in one batch (mirrored as uint8: 4x fewer bytes to move)
-                n = image.shape[0]
-                both = self.net(self._normalise(torch.cat([image, torch.flip(image, dims=[2])])))
-                logits = (both[:n] + both[n:]) / 2  # logits averaged, as predict does
-            else:
-                logits = self.net(self._normalise(image))
+            logits = self.pre(image)
             if task == "multilabel":
                 return torch.sigmoid(logits / self.t if self.t else logits)
             if ancestor is not None:
@@ -125,9 +111,6 @@ def _is_classical(model) -> bool:
 
 def to_onnx_bytes(model, opset: int = 17) -> bytes:
     """The exported fp32 graph (see the module docstring) with metadata, as bytes."""
-    import io
-    import warnings
-
     import onnx
 
     if _is_classical(model):
@@ -136,21 +119,13 @@ def to_onnx_bytes(model, opset: int = 17) -> bytes:
         proto = classical_onnx(model, int(opset))
         meta = metadata(model)
     else:
-        import torch
+        from ..runtime import export_onnx
 
         meta = metadata(model)
-        h, w = meta["input"]["height"], meta["input"]["width"]
-        module = _export_module(model)
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, torch.zeros(1, h, w, 3, dtype=torch.uint8), buf, dynamo=False,
-                              input_names=["image"], output_names=["probabilities"], opset_version=int(opset),
-                              dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
-        from ..models.deep import fold_static_pads
-
+        size = (meta["input"]["height"], meta["input"]["width"])
         # TF-"same" padding as constant conv pads: faster in fp32, and int8 keeps each conv chain quantised
-        proto = onnx.load_from_string(fold_static_pads(buf.getvalue()))
+        proto = onnx.load_from_string(export_onnx(_export_module(model), size, uint8_nhwc=True,
+                                                  output="probabilities", opset=opset, fold_pads=True))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta)
@@ -160,10 +135,10 @@ def to_onnx_bytes(model, opset: int = 17) -> bytes:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The ``imgclass`` metadata of an exported ONNX file, checked like a bundle's ``model.json``."""
-    import onnxruntime as ort
+    from ..runtime import session
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = session(path)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         raise ModelFormatError(f"{path}: not a readable ONNX model ({exc}); export it again with imgclass export") from None
     raw = sess.get_modelmeta().custom_metadata_map.get(META_KEY)
@@ -292,89 +267,6 @@ def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None, work
         return dst.read_bytes()
 
 
-def feed_uint8_input(model) -> bool:
-    """Let the first quantised convolution read the uint8 image itself; returns whether it could.
-
-    A quantised graph normalises in float and quantises straight back: ``Cast -> Sub(mean) -> Div(std)
-    -> QuantizeLinear(scale, zero point) -> DequantizeLinear -> Conv``. With one mean and std for all
-    channels, calibration on images spanning 0-255 gives ``scale = 1/std`` and ``zero point =
-    round(mean)``, so the quantised value is the pixel itself (to within the rounding of ``mean``):
-    here the ``DequantizeLinear`` reads the uint8 tensor directly and the four float nodes go (lite0
-    at 96 px: 5-10% of the int8 run time, the part of it that did not shrink with int8). The
-    half-step left when ``mean`` is not an integer (127.5) is moved into the convolution's bias, exact
-    except on the padded border. Written by hand: ONNX Runtime's quantiser has no such pass, and its
-    graph optimiser fuses ``DequantizeLinear -> Conv -> QuantizeLinear`` but never a float prologue.
-    Any other graph shape (per-channel normalisation, other calibration ranges) is left as it is.
-    """
-    from onnx import numpy_helper as nh
-
-    g = model.graph
-    init = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    producer = {o: n for n in g.node for o in n.output}
-    # the pixels must arrive as uint8 (the exported graphs' "image" input) for a uint8 zero point to fit
-    uint8_input = bool(g.input) and g.input[0].type.tensor_type.elem_type == 2  # onnx.TensorProto.UINT8
-
-    def scalar(name: str) -> float | None:
-        if name in init:
-            a = nh.to_array(init[name])
-        elif name in producer and producer[name].op_type == "Constant":
-            a = nh.to_array(producer[name].attribute[0].t)
-        else:
-            return None
-        flat = a.reshape(-1)
-        return float(flat[0]) if flat.size and (flat == flat[0]).all() else None  # one value, maybe per channel
-
-    for cast in g.node:
-        chain = [cast]
-        for op in ("Sub", "Div", "QuantizeLinear"):
-            nxt = consumers.get(chain[-1].output[0], [])
-            if len(nxt) != 1 or nxt[0].op_type != op:
-                break
-            chain.append(nxt[0])
-        if cast.op_type != "Cast" or len(chain) != 4:
-            continue
-        _, sub, div, q = chain
-        m, s, qs, qz = scalar(sub.input[1]), scalar(div.input[1]), scalar(q.input[1]), scalar(q.input[2])
-        if None in (m, s, qs, qz) or abs(qs * s - 1) > 1e-5 or qz != round(m) or not 0 <= qz <= 255:
-            return False
-        dqs = consumers.get(q.output[0], [])
-        convs = [c for dq in dqs for c in consumers.get(dq.output[0], [])]
-
-        def quantised_initializers(name: str) -> bool:  # a DequantizeLinear of stored (weight / bias) tensors
-            dq = producer.get(name)
-            return dq is not None and dq.op_type == "DequantizeLinear" and all(i in init for i in dq.input[:2])
-
-        # everything is checked before the graph is touched: a graph this pass cannot handle stays as it was
-        if (not dqs or any(d.op_type != "DequantizeLinear" for d in dqs)
-                or any(c.op_type != "Conv" or len(c.input) < 3 or not quantised_initializers(c.input[1])
-                       or not quantised_initializers(c.input[2]) or len(producer[c.input[1]].input) < 3
-                       for c in convs)
-                or not uint8_input):
-            return False
-        delta = (round(m) - m) / s  # (x - m) / s = (x - round(m)) / s + delta
-        for dq in dqs:
-            dq.input[0] = cast.input[0]  # the uint8 pixels, quantised with scale 1/std and zero point round(mean)
-        for conv in convs:
-            wdq, bdq = producer[conv.input[1]], producer[conv.input[2]]
-            wq, wscale, wzp = (nh.to_array(init[n]) for n in wdq.input[:3])
-            shape = [-1] + [1] * (wq.ndim - 1)
-            w = (wq.astype(np.float64) - wzp.reshape(shape)) * wscale.reshape(shape)
-            bq, bscale = nh.to_array(init[bdq.input[0]]), nh.to_array(init[bdq.input[1]]).astype(np.float64)
-            b = bq * bscale + delta * w.reshape(len(w), -1).sum(axis=1)
-            init[bdq.input[0]].CopyFrom(nh.from_array(np.round(b / bscale).astype(np.int32), bdq.input[0]))
-        for n in (q, div, sub, cast):
-            g.node.remove(n)
-        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        for name in [k for k in init if k not in used]:
-            g.initializer.remove(init[name])
-        return True
-    return False
-
-
 def calibration_arrays(data, meta: dict[str, Any], n: int = 256, seed: int = 0, max_pixels: int | None = None) -> np.ndarray:
     """``n`` seeded random images of ``data`` (a folder, CSV, dataset or list of paths) as uint8 NHWC at
     the export's input size, resized as the model expects."""
@@ -495,9 +387,9 @@ def _training_data(bundle: Path | None):
 def compare_with_torch(model, onnx_bytes: bytes, images: np.ndarray) -> dict[str, Any]:
     """Max abs probability difference and top-1 agreement between ONNX Runtime and ``model``'s torch path
     on uint8 NHWC ``images`` (already at the input size)."""
-    import onnxruntime as ort
+    from ..runtime import session
 
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sess = session(onnx_bytes)
     P_onnx = np.concatenate([sess.run(None, {"image": np.ascontiguousarray(images[s:s + 32])})[0]
                              for s in range(0, len(images), 32)])
     engine = getattr(model, "engine", None)

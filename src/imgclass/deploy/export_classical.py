@@ -302,9 +302,9 @@ def quantizable(proto_bytes: bytes, mode: str, model) -> None:
 def compare_with_python(model, onnx_bytes: bytes, images: np.ndarray) -> dict[str, Any]:
     """Max abs probability difference and top-1 agreement between ONNX Runtime and the feature pipeline's
     Python path (extractor + scikit-learn) on uint8 NHWC ``images`` at the input size."""
-    import onnxruntime as ort
+    from ..runtime import session
 
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sess = session(onnx_bytes)
     P_onnx = np.concatenate([sess.run(None, {"image": np.ascontiguousarray(images[s:s + 32])})[0]
                              for s in range(0, len(images), 32)])
     model.extractor.prepare()

@@ -32,8 +32,7 @@ class OnnxModel:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, n_jobs: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, batch_size: int = 64):
-        import onnxruntime as ort
-
+        from ..runtime import session
         from ..tasks.decision import Decision
         from ..transforms import Preprocess
 
@@ -43,10 +42,7 @@ class OnnxModel:
             raise ModelFormatError(f"{p}: no {ONNX_FILE}; run imgclass export {p} first (or use --runtime torch)")
         meta = read_metadata(self.file)
         self.onnx_meta = meta
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.file), opts, providers=["CPUExecutionProvider"])
+        self.session = session(self.file, threads=int(threads or os.cpu_count() or 1))
         self.classes_ = list(meta["classes"])
         self.task_ = meta["task"]
         self.taxonomy_ = meta.get("taxonomy")

@@ -1,7 +1,7 @@
 """Frozen deep embeddings (``lite0+logreg``) and ImageNet predictions (``imagenet:lite0``).
 
-The backbone is exported once to ONNX (cached on disk) and run with ONNX Runtime, which measured
-~6x faster than torch eager on this CPU for EfficientNet-Lite0; each joblib worker keeps one
+The backbone is exported once to ONNX (cached on disk) and run with ONNX Runtime, several times
+faster than torch eager on a CPU (``imgclass.runtime``); each joblib worker keeps one
 single-threaded session, so decoding and inference of two chunks overlap on two cores. Embeddings
 are cached on disk (see ``EmbeddingCache``) keyed by backbone, pre-processing and file content.
 """
@@ -18,15 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError
+from ..runtime import cache_dir, export_onnx, ort_threads, session
 from .backbones import LITE, backbone_config, create_backbone, lite_weights_file
 from .classical import FeatureExtractor
-
-_SESSIONS: dict[str, Any] = {}  # per-process ONNX Runtime sessions, keyed by model file
-
-
-def cache_dir() -> Path:
-    """Where imgclass caches exported models and embeddings (``IMGCLASS_CACHE`` or ~/.cache/imgclass)."""
-    return Path(os.environ.get("IMGCLASS_CACHE") or Path.home() / ".cache" / "imgclass")
 
 
 def _weights_id(backbone: str, pretrained: str | None) -> str:
@@ -44,29 +38,6 @@ def _weights_id(backbone: str, pretrained: str | None) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return f"file-{h.hexdigest()[:16]}-{st.st_size}"
-
-
-def export_onnx(model, size: int | tuple[int, int], path: str | os.PathLike | None = None) -> Path | bytes:
-    """Export ``model`` (input ``image``: N x 3 x H x W, dynamic batch) to ONNX: written atomically to
-    ``path``, or returned as bytes when ``path`` is ``None``."""
-    import io
-    import warnings
-
-    import torch
-
-    from .._util import atomic_write_bytes
-
-    h, w = (size, size) if isinstance(size, int) else size
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model.eval(), torch.zeros(1, 3, h, w), buf, dynamo=False, input_names=["image"],
-                          output_names=["output"], opset_version=17,
-                          dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
-    if path is None:
-        return buf.getvalue()
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
 
 
 class EmbeddingCache:
@@ -178,18 +149,8 @@ class DeepEmbedding(FeatureExtractor):
         return self._onnx_path
 
     def _session(self):
-        import onnxruntime as ort
-
-        path = self.prepare()
-        sess = _SESSIONS.get(path)
-        if sess is None:
-            so = ort.SessionOptions()
-            # one thread per worker process: the joblib workers are the parallelism
-            so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "1"))
-            so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-            _SESSIONS[path] = sess
-        return sess
+        # one thread per worker process (the joblib workers are the parallelism), one session per process
+        return session(self.prepare(), threads=ort_threads(1), inter_threads=1, cache=True)
 
     def transform(self, images: list[np.ndarray]) -> np.ndarray:
         sess = self._session()

@@ -31,7 +31,7 @@ from ..features.backbones import (
     pretrained_dir,
     resolve_arch,
 )
-from ..features.deep import cache_dir, export_onnx
+from ..runtime import cache_dir, export_onnx, ort_threads, session
 from ..transforms import Preprocess
 from .base import ImageClassifier, calibrated, sources_of, with_gaps
 
@@ -68,82 +68,6 @@ def _decode_pixels(sources, preprocess: Preprocess, n_jobs: int | None, max_pixe
     from ..features import decode_to_array
 
     return decode_to_array(sources, preprocess, n_jobs, max_pixels, description)
-
-
-def fold_static_pads(onnx_bytes: bytes) -> bytes:
-    """Fold zero ``Pad`` nodes feeding a ``Conv`` into the convolution's own ``pads``.
-
-    timm's TF-style "same" convolutions (``tf_efficientnet_lite*``) export as a ``Pad`` whose amounts
-    are computed from the input shape at run time. ONNX Runtime cannot fuse those: each one splits the
-    blocked (NCHWc) convolution chain with layout reorders, about a quarter of lite0's time. The
-    exported input has a fixed height and width, so the amounts are constants: they are evaluated once
-    (at two batch sizes, to make sure they do not depend on it) and moved into the ``Conv``. The result
-    is numerically identical. Any doubt leaves the graph as it is."""
-    try:
-        import onnx
-        import onnxruntime as ort
-        from onnx import helper
-
-        model = onnx.load_from_string(onnx_bytes)
-        g = model.graph
-        consumers: dict[str, list] = {}
-        for n in g.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        outputs = {o.name for o in g.output}
-        cands = []
-        for n in g.node:
-            mode = next((a.s for a in n.attribute if a.name == "mode"), b"constant")
-            users = consumers.get(n.output[0], []) if n.op_type == "Pad" else []
-            if (n.op_type == "Pad" and mode == b"constant" and len(n.input) >= 2 and n.output[0] not in outputs
-                    and len(users) == 1 and users[0].op_type == "Conv"
-                    and all(a.s in (b"", b"NOTSET") for a in users[0].attribute if a.name == "auto_pad")):
-                cands.append((n, users[0]))
-        has_subgraphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                            for n in g.node for a in n.attribute)
-        if not cands or len(g.input) != 1 or has_subgraphs:
-            return onnx_bytes
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in g.input[0].type.tensor_type.shape.dim]
-        if len(dims) != 4 or None in dims[1:]:
-            return onnx_bytes
-        want = sorted({x for p, _ in cands for x in p.input[1:3] if x})
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        probe.graph.output.extend(helper.make_empty_tensor_value_info(w) for w in want)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        dtype = helper.tensor_dtype_to_np_dtype(g.input[0].type.tensor_type.elem_type)
-        vals = [dict(zip(want, sess.run(want, {g.input[0].name: np.zeros([b, *dims[1:]], dtype)})))
-                for b in (1, 2)]
-        folded = 0
-        for pad, conv in cands:
-            pads = np.asarray(vals[0][pad.input[1]]).ravel()
-            value = vals[0].get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else None
-            if (len(pads) != 8 or not np.array_equal(pads, np.asarray(vals[1][pad.input[1]]).ravel())
-                    or pads.min() < 0 or pads[[0, 1, 4, 5]].any()
-                    or (value is not None and np.asarray(value).size and float(np.asarray(value).ravel()[0]) != 0.0)):
-                continue
-            old = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
-            new = [old[0] + int(pads[2]), old[1] + int(pads[3]), old[2] + int(pads[6]), old[3] + int(pads[7])]
-            keep = [a for a in conv.attribute if a.name != "pads"]
-            del conv.attribute[:]
-            conv.attribute.extend([*keep, helper.make_attribute("pads", new)])
-            conv.input[0] = pad.input[0]
-            folded += 1
-        if not folded:
-            return onnx_bytes
-        need, live = set(outputs), []  # drop the shape arithmetic nothing reads any more
-        for n in reversed(g.node):
-            if any(o in need for o in n.output):
-                live.append(n)
-                need.update(i for i in n.input if i)
-        del g.node[:]
-        g.node.extend(reversed(live))
-        onnx.checker.check_model(model)
-        return model.SerializeToString()
-    except Exception:  # an optimisation only: never fail prediction on it
-        return onnx_bytes
 
 
 class DeepClassifier(ImageClassifier):
@@ -308,20 +232,14 @@ class DeepClassifier(ImageClassifier):
 
     def _session(self):
         """An ONNX Runtime session for the current weights (exported once, cached on disk)."""
-        import onnxruntime as ort
-
         key = self._weights_hash()
         if self._onnx is not None and self._onnx[0] == key:
             return self._onnx[1]
         size = self.preprocess.size if isinstance(self.preprocess.size, int) else self.preprocess.size[0]
         path = self._onnx_path(key)
         if not path.exists():
-            from .._util import atomic_write_bytes
-
-            atomic_write_bytes(path, fold_static_pads(export_onnx(self.model_, size)))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "0")) or (os.cpu_count() or 1)
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            export_onnx(self.model_, size, path, fold_pads=True)
+        sess = session(path, threads=ort_threads(os.cpu_count() or 1))
         outputs = sess.get_outputs()[0].shape[-1]
         if isinstance(outputs, int) and outputs != self.n_outputs:
             raise ModelFormatError(f"{self.meta_.get('bundle', 'model')}: the network has {outputs} outputs but "

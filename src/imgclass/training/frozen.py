@@ -116,16 +116,11 @@ class ActivationCache:
         """Run ``trunk`` over ``x`` (uint8 ``(n, 3, h, w)``) with ONNX Runtime (~2.5x torch eager here);
         ``mirrored``: also over the mirror images, for flip augmentation and flip TTA; ``corrupt``: a
         function of a uint8 ``(h, w, 3)`` array, also run over each image's corrupted copy."""
-        import os
-
-        import onnxruntime as ort
         import torch
 
-        from ..features.deep import export_onnx
+        from ..runtime import export_onnx, ort_threads, session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(os.environ.get("IMGCLASS_ORT_THREADS", "0")) or torch.get_num_threads()
-        sess = ort.InferenceSession(export_onnx(trunk, tuple(x.shape[2:])), so, providers=["CPUExecutionProvider"])
+        sess = session(export_onnx(trunk, tuple(x.shape[2:])), threads=ort_threads(torch.get_num_threads()))
         m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255
         s = np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255
         plain, mirror, corrupted = [], [], []
