@@ -161,20 +161,17 @@ def test_fixmatch_strong_view_draws_randaugment_and_cutout_per_image():
 def test_distribution_alignment_pulls_skewed_pool_predictions_back_to_the_labelled_prior():
     """A network that has drifted onto class 0 on the pool: aligned, the pseudo-labels follow the
     balanced labelled classes again (rows stay distributions, the argmax of clear rows is kept)."""
-    from types import SimpleNamespace
-
     import torch
 
-    from imgclass.training.engine import TrainConfig, Trainer
+    from imgclass.training.fixmatch import DistributionAlignment
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(400, 4, generator=g)
     logits[:, 0] += 2.0  # class 0 wins far too often
     prob = torch.softmax(logits, dim=1)
-    fake = SimpleNamespace(torch=torch, cfg=TrainConfig(distribution_alignment=8),
-                           _prior=torch.full((4,), 0.25), _pool_probs=[])
+    align = DistributionAlignment(torch.full((4,), 0.25), window=8)
     before = torch.bincount(prob.argmax(1), minlength=4)
-    aligned = Trainer._align(fake, prob)
+    aligned = align(prob)
     after = torch.bincount(aligned.argmax(1), minlength=4)
     assert torch.allclose(aligned.sum(1), torch.ones(400))
     assert before[0] > 250 and after[0] < 150 and int(after.min()) > 60
@@ -182,5 +179,5 @@ def test_distribution_alignment_pulls_skewed_pool_predictions_back_to_the_labell
     assert (aligned.argmax(1)[clear] == prob.argmax(1)[clear]).float().mean() > 0.8
     # the running mean keeps only the last ``distribution_alignment`` batches
     for _ in range(20):
-        Trainer._align(fake, prob)
-    assert len(fake._pool_probs) == 8
+        align(prob)
+    assert len(align.pool_probs) == 8

@@ -148,6 +148,44 @@ def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted_run(tmp_path
     assert meta["history"][-1]["train_loss"] == pytest.approx(ref_meta["history"][-1]["train_loss"], rel=0.05)
 
 
+def test_a_loss_hook_replaces_the_step_loss_and_trains_the_weights(tmp_path):
+    """``loss_fn(net, batch)`` is the loss of every step: called once per batch with the items' images and
+    targets, and its gradient moves the weights through the engine's optimiser; checkpoints still written."""
+    from imgclass.features.smallcnn import SmallCNN
+    from imgclass.training.engine import TrainData, Trainer
+
+    torch.manual_seed(0)
+    net = SmallCNN(num_classes=3, widths=(4, 8, 8, 8))
+    x = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    y = torch.arange(12) % 3
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append((len(batch), tuple(batch.x.shape[1:]), batch.y.tolist()))
+        assert batch.x.dtype == torch.uint8 and torch.equal(batch.x, x[batch.idx])
+        return model(batch.x.float() / 255).pow(2).mean()  # a label-free objective: shrink the outputs
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=4, augment="none", ema=0.0, seed=0)
+    trainer = Trainer(net, TrainData(x, y, []), None, cfg, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                      ckpt_dir=tmp_path, loss_fn=loss_fn)
+    history = trainer.fit()
+    assert len(calls) == 3 and all(n == 4 and shape == (3, 16, 16) for n, shape, _ in calls)
+    assert sorted(lab for _, _, labs in calls for lab in labs) == sorted(y.tolist())
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].dtype.is_floating_point)
+    assert len(history) == 1 and history[0]["train_loss"] > 0 and (tmp_path / "last.pt").exists()
+
+    class Shrink(Trainer):  # the same hook as a subclass
+        def compute_loss(self, batch):
+            calls.append("subclass")
+            return self.net(batch.x.float() / 255).pow(2).mean()
+
+    Shrink(SmallCNN(num_classes=3, widths=(4, 8, 8, 8)), TrainData(x, y, []), None, cfg,
+           (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).fit()
+    assert calls.count("subclass") == 3
+
+
 def test_resume_of_a_classical_run_is_refused(tmp_path, capsys):
     from imgclass.cli import main
 
@@ -160,7 +198,7 @@ def test_resume_of_a_classical_run_is_refused(tmp_path, capsys):
 
 def test_unfreeze_trains_only_the_last_blocks():
     from imgclass.features.backbones import create_backbone
-    from imgclass.training.engine import _blocks, set_trainable
+    from imgclass.training.optim import _blocks, set_trainable
 
     net = create_backbone("test_efficientnet", pretrained=None, num_classes=3)
     set_trainable(net, "head", None)
