@@ -128,7 +128,7 @@ def test_balanced_self_training_gives_every_class_the_same_quota_and_helps():
 
 
 def test_pseudo_label_threshold_is_read_on_the_label_smoothed_scale():
-    from imgclass.training.engine import pseudo_label_threshold
+    from imgclass.training.fixmatch import pseudo_label_threshold
 
     # label smoothing 0.1 over 10 classes trains the true class toward 0.91: 0.95 of that
     assert pseudo_label_threshold(0.95, 0.1, 10) == pytest.approx(0.95 * 0.91)
@@ -142,7 +142,7 @@ def test_pseudo_label_threshold_is_read_on_the_label_smoothed_scale():
 def test_fixmatch_strong_view_draws_randaugment_and_cutout_per_image():
     import torch
 
-    from imgclass.training.engine import StrongView
+    from imgclass.training.augment import StrongView
 
     torch.manual_seed(0)
     view = StrongView(torch.Generator().manual_seed(0), hflip=False)

@@ -19,7 +19,8 @@ from conftest import write_colour_dataset
 import imgclass
 from imgclass.errors import ConfigError
 from imgclass.models import parse_spec
-from imgclass.training.engine import BatchAugment, TrainConfig
+from imgclass.training.augment import BatchAugment
+from imgclass.training.config import TrainConfig
 
 FAST = {"epochs": 2, "batch_size": 16, "augment": "light", "lr": 3e-3}
 
@@ -152,7 +153,8 @@ def test_a_loss_hook_replaces_the_step_loss_and_trains_the_weights(tmp_path):
     """``loss_fn(net, batch)`` is the loss of every step: called once per batch with the items' images and
     targets, and its gradient moves the weights through the engine's optimiser; checkpoints still written."""
     from imgclass.features.smallcnn import SmallCNN
-    from imgclass.training.engine import TrainData, Trainer
+    from imgclass.training.config import TrainData
+    from imgclass.training.engine import Trainer
 
     torch.manual_seed(0)
     net = SmallCNN(num_classes=3, widths=(4, 8, 8, 8))
@@ -328,7 +330,7 @@ def test_no_hflip_turns_off_flip_augmentation_cached_mirrors_and_flip_tta(tmp_pa
     mirror images, the bundle predicts without flip TTA and refuses --tta flip."""
     from imgclass.errors import ConfigError
     from imgclass.models.tta import predict_proba_tta
-    from imgclass.training.engine import BatchAugment
+    from imgclass.training.augment import BatchAugment
     from imgclass.training.frozen import ActivationCache
 
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)

@@ -3,7 +3,8 @@
 Classical pipelines fit in one call; deep models train with the one engine (``engine.Trainer``).
 """
 
-from .engine import TrainConfig, Trainer
+from .config import TrainConfig
+from .engine import Trainer
 from .fit import check_task_options, fit_model
 from .run import RunDir, default_run_dir
 from .tuning import TuneResult, tune

@@ -12,7 +12,8 @@ import numpy as np
 from .._util import atomic_write_bytes, figure_png
 from ..data import ImageDataset
 from ..errors import ConfigError, DataError
-from .engine import TrainConfig, TrainData, Trainer
+from .config import TrainConfig, TrainData
+from .engine import Trainer
 
 
 @dataclass
