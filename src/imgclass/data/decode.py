@@ -15,7 +15,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
 from ..limits import DEFAULT_MAX_PIXELS
-from .shards import ShardMember
+from .shards.io import ShardMember
 
 #: Bytes read per image file at most: no image within the pixel limit needs more (4 bytes a pixel, plus
 #: room for metadata), so a bigger file, or an endless one such as ``/dev/zero``, is refused unread.
