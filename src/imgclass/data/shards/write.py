@@ -179,6 +179,25 @@ def pack_shards(ds: ImageDataset, out: str | os.PathLike, shard_size: str | int 
     """
     t0 = time.perf_counter()
     limit = parse_size(shard_size)
+    root, index_url, old = _prepare_out(ds, out, overwrite)
+    split_of, order = _pack_order(ds, split_file, val_split, test_split, seed, shuffle)
+    shards, skipped, total = _write_shards(ds, root, limit, order, split_of)
+    new = {s["file"] for s in shards}
+    for url in old:  # shards of an earlier pack that this one did not overwrite
+        if posixpath.basename(url.replace(os.sep, "/")) not in new:
+            _remove(url)
+    index = _write_index(ds, root, index_url, shards, limit, seed, shuffle)
+    secs = time.perf_counter() - t0
+    for path, reason in skipped:
+        log(f"warning: skipped {path}: {reason}")
+    kept = index["num_items"]
+    return {"out": root, "index": index_url, "items": kept, "shards": len(shards), "bytes": total,
+            "seconds": secs, "images_per_s": kept / max(secs, 1e-9), "splits": index["splits"],
+            "classes": index["counts"], "skipped": skipped}
+
+
+def _prepare_out(ds: ImageDataset, out: str | os.PathLike, overwrite: bool) -> tuple[str, str, list[str]]:
+    """``(root, index URL, shards already there)`` after checking ``out`` may receive ``ds``'s shards."""
     root = normalise(os.fspath(out))
     index_url = join(root, INDEX_NAME)
     old = existing_shards(root)
@@ -188,19 +207,23 @@ def pack_shards(ds: ImageDataset, out: str | os.PathLike, shard_size: str | int 
         if os.path.exists(root) and not os.path.isdir(root):
             raise DataError(f"--out {root}: is a file; give a folder for the shards")
         os.makedirs(root, exist_ok=True)
-    n = len(ds)
-    if not n:
+    if not len(ds):
         raise DataError(f"{ds.name}: no images to pack")
     if any(isinstance(src, ShardMember) and parent(src.url) == root for src in ds.sources[:1]):
         raise DataError(f"--out {root}: the shards being packed live there; pack into another folder")
+    return root, index_url, old
 
+
+def _pack_order(ds: ImageDataset, split_file, val_split, test_split: float, seed: int,
+                shuffle: bool) -> tuple[np.ndarray, list[int]]:
+    """``(split name per item, the order to pack the items in)``: split by split, shuffled within each."""
     if split_file is not None:
         splits = ds.load_split(split_file)
     elif val_split or test_split:
         splits = ds.plan_split(val=val_split or 0.0, test=test_split, seed=seed)
     else:
         splits = ds.splits or {}
-    split_of = np.full(n, "", dtype=object)
+    split_of = np.full(len(ds), "", dtype=object)
     for name, idx in splits.items():
         split_of[np.asarray(idx, dtype=np.int64)] = name
     rng = np.random.default_rng(seed)
@@ -208,7 +231,13 @@ def pack_shards(ds: ImageDataset, out: str | os.PathLike, shard_size: str | int 
     for s in (*SPLIT_NAMES, ""):  # split by split, so a stream of one split reads few other shards
         members = np.flatnonzero(split_of == s)
         order.extend((members[rng.permutation(len(members))] if shuffle else members).tolist())
+    return split_of, order
 
+
+def _write_shards(ds: ImageDataset, root: str, limit: int, order: list[int],
+                  split_of: np.ndarray) -> tuple[list[dict], list[tuple[str, str]], int]:
+    """Write the items in ``order`` into shards of at most ``limit`` bytes: ``(shards, skipped, bytes)``."""
+    n = len(ds)
     paths = _stored_paths(ds)
     labels = ds.labels()
     single = ds.targets is not None and ds.targets.ndim == 1
@@ -252,11 +281,12 @@ def pack_shards(ds: ImageDataset, out: str | os.PathLike, shard_size: str | int 
         raise
     if not shards:
         raise DataError(f"{ds.name}: none of the {n} images could be read; nothing was packed")
-    new = {s["file"] for s in shards}
-    for url in old:  # shards of an earlier pack that this one did not overwrite
-        if posixpath.basename(url.replace(os.sep, "/")) not in new:
-            _remove(url)
+    return shards, skipped, total
 
+
+def _write_index(ds: ImageDataset, root: str, index_url: str, shards: list[dict], limit: int, seed: int,
+                 shuffle: bool) -> dict[str, Any]:
+    """Write and return ``index.json``: the dataset's classes and counts and every shard's items."""
     kept = [it for s in shards for it in s["items"]]
     split_counts = {s: sum(1 for it in kept if it["split"] == s) for s in SPLIT_NAMES}
     index = {
@@ -281,12 +311,7 @@ def pack_shards(ds: ImageDataset, out: str | os.PathLike, shard_size: str | int 
         atomic_write_bytes(index_url, text.encode())
         with suppress(OSError):  # readable like the shards (the atomic temp file is created private)
             os.chmod(index_url, os.stat(join(root, shards[0]["file"])).st_mode & 0o777)
-    secs = time.perf_counter() - t0
-    for path, reason in skipped:
-        log(f"warning: skipped {path}: {reason}")
-    return {"out": root, "index": index_url, "items": len(kept), "shards": len(shards), "bytes": total,
-            "seconds": secs, "images_per_s": len(kept) / max(secs, 1e-9), "splits": index["splits"],
-            "classes": index["counts"], "skipped": skipped}
+    return index
 
 
 def _label_counts(labels: Sequence, classes: Sequence[str]) -> dict[str, int]:
