@@ -250,6 +250,29 @@ def _records_to_dataset(records: list[dict], where: str, base: str, name: str,
     if not records:
         raise DataError(f"{where}: no rows; the table needs a header and one row per image")
     lines = lines or list(range(1, len(records) + 1))
+    path_col, split_col, group_col, label_col, labels_col, rest = _columns(records, where, group_by)
+    if label_col or labels_col:
+        records, lines, per_item, multi = _read_labels(records, lines, label_col, labels_col, where)
+
+    sources = _resolve(_paths(records, path_col, lines, where), base, image_root, where)
+    groups = [str(r.get(group_col, "")) for r in records] if group_col else None
+    splits = _split_column(records, split_col, lines, where) if split_col else None
+
+    if label_col or labels_col:
+        classes, targets, task = _label_targets(per_item, multi)
+    elif rest:
+        classes, targets, task = _one_hot_targets(records, rest, lines, where)
+    else:
+        return ImageDataset(sources=sources, targets=None, classes=[], task=None, groups=groups,
+                            splits=splits, root=base, name=name)
+    if not classes:
+        raise DataError(f"{where}: no labels found in the label column")
+    return ImageDataset(sources=sources, targets=targets, classes=classes, task=task, groups=groups,
+                        splits=splits, root=base, name=name)
+
+
+def _columns(records: list[dict], where: str, group_by: str | None):
+    """``(path, split, group, label, labels, other columns)`` of a table; absent ones are None."""
     cols = list(records[0].keys())
     lower = {c.lower().strip(): c for c in cols}
     path_col = next((lower[c] for c in PATH_COLUMNS if c in lower), cols[0])
@@ -263,30 +286,39 @@ def _records_to_dataset(records: list[dict], where: str, base: str, name: str,
     labels_col = lower.get("labels") or lower.get("tags")
     reserved = {path_col, split_col, group_col, label_col, labels_col} - {None}
     rest = [c for c in cols if c not in reserved]
-    if label_col or labels_col:
-        col = labels_col or label_col
-        values = [r.get(col) for r in records]
-        # a "labels" column, or list values in JSONL, mean several labels per image
-        multi = labels_col is not None or (any(isinstance(v, list) for v in values)
-                                           and not any(_scalar(v) for v in values))
-        per_item, empty, shaped = _parse_labels(values, multi)
-        if empty:
-            warnings.warn(f"{where}: {len(empty)} row{'s' if len(empty) != 1 else ''} with an empty {col!r} cell "
-                          f"({_lines(empty, lines)}) {'are' if len(empty) != 1 else 'is'} kept as unlabelled: "
-                          "skipped for training and evaluation", DataWarning, stacklevel=3)
-        if shaped:
-            what = "a list of labels" if multi else "a single label"
-            warnings.warn(f"{where}: {len(shaped)} row{'s' if len(shaped) != 1 else ''} whose {col!r} is not "
-                          f"{what} (an object, a list or null; {_lines(shaped, lines)}) "
-                          f"{'are' if len(shaped) != 1 else 'is'} skipped", DataWarning, stacklevel=3)
-            if multi:  # a multi-label row cannot be unlabelled: leave it out
-                gone = set(shaped)
-                records = [r for i, r in enumerate(records) if i not in gone]
-                per_item = [p for i, p in enumerate(per_item) if i not in gone]
-                lines = [ln for i, ln in enumerate(lines) if i not in gone]
-                if not records:
-                    raise DataError(f"{where}: no row has a usable label in the {col!r} column")
+    return path_col, split_col, group_col, label_col, labels_col, rest
 
+
+def _read_labels(records: list[dict], lines: list[int], label_col: str | None, labels_col: str | None, where: str):
+    """``(records, lines, labels per row, multi-label?)``, warning about empty and malformed label cells."""
+    col = labels_col or label_col
+    values = [r.get(col) for r in records]
+    # a "labels" column, or list values in JSONL, mean several labels per image
+    multi = labels_col is not None or (any(isinstance(v, list) for v in values)
+                                       and not any(_scalar(v) for v in values))
+    per_item, empty, shaped = _parse_labels(values, multi)
+    # stacklevel 4: the warning points at the caller of read_csv / read_jsonl
+    if empty:
+        warnings.warn(f"{where}: {len(empty)} row{'s' if len(empty) != 1 else ''} with an empty {col!r} cell "
+                      f"({_lines(empty, lines)}) {'are' if len(empty) != 1 else 'is'} kept as unlabelled: "
+                      "skipped for training and evaluation", DataWarning, stacklevel=4)
+    if shaped:
+        what = "a list of labels" if multi else "a single label"
+        warnings.warn(f"{where}: {len(shaped)} row{'s' if len(shaped) != 1 else ''} whose {col!r} is not "
+                      f"{what} (an object, a list or null; {_lines(shaped, lines)}) "
+                      f"{'are' if len(shaped) != 1 else 'is'} skipped", DataWarning, stacklevel=4)
+        if multi:  # a multi-label row cannot be unlabelled: leave it out
+            gone = set(shaped)
+            records = [r for i, r in enumerate(records) if i not in gone]
+            per_item = [p for i, p in enumerate(per_item) if i not in gone]
+            lines = [ln for i, ln in enumerate(lines) if i not in gone]
+            if not records:
+                raise DataError(f"{where}: no row has a usable label in the {col!r} column")
+    return records, lines, per_item, multi
+
+
+def _paths(records: list[dict], path_col: str, lines: list[int], where: str) -> list[str]:
+    """The path cell of every row, stripped; an empty or non-text cell is an error naming its line."""
     raw_paths = []
     for i, r in enumerate(records):
         p = r.get(path_col)
@@ -294,49 +326,46 @@ def _records_to_dataset(records: list[dict], where: str, base: str, name: str,
             raise DataError(f"{where}: line {lines[i]} has {'an empty' if p in (None, '') else 'a non-text'} "
                             f"{path_col!r} cell; give every row a path")
         raw_paths.append(str(p).strip())
-    sources = _resolve(raw_paths, base, image_root, where)
-    groups = [str(r.get(group_col, "")) for r in records] if group_col else None
-    splits = None
-    if split_col:
-        names = []
-        for i, r in enumerate(records):
-            v = str(r.get(split_col) or "").strip().lower()
-            if v and v not in SPLIT_ALIASES:
-                raise DataError(f"{where}: line {lines[i]} has split {v[:40]!r}; use train, val or test")
-            names.append(SPLIT_ALIASES.get(v, ""))
-        splits = _splits_from(names)
+    return raw_paths
 
-    if label_col or labels_col:
-        classes = sorted({c for labs in per_item for c in labs})
-        index = {c: i for i, c in enumerate(classes)}
-        if multi:
-            targets = np.zeros((len(records), len(classes)), dtype=np.uint8)
-            for i, labs in enumerate(per_item):
-                targets[i, [index[c] for c in labs]] = 1
-            task = "multilabel"
-        else:
-            targets = np.array([index[labs[0]] if labs else UNLABELLED for labs in per_item], dtype=np.int64)
-            task = "binary" if len(classes) == 2 else "multiclass"
-    elif rest:
-        # one-hot columns: every remaining column must hold 0/1
-        classes = rest
-        targets = np.zeros((len(records), len(classes)), dtype=np.uint8)
-        for i, r in enumerate(records):
-            for j, c in enumerate(classes):
-                v = str(r.get(c, "")).strip().lower()
-                if v in ("1", "1.0", "true", "yes"):
-                    targets[i, j] = 1
-                elif v not in ("0", "0.0", "false", "no", ""):
-                    raise DataError(f"{where}: line {lines[i]}, column {c!r} holds {v[:40]!r}; one-hot columns "
-                                    "take 0/1 (or name the label column 'label' / 'labels')")
-        task = "multilabel"
-    else:
-        return ImageDataset(sources=sources, targets=None, classes=[], task=None, groups=groups,
-                            splits=splits, root=base, name=name)
-    if not classes:
-        raise DataError(f"{where}: no labels found in the label column")
-    return ImageDataset(sources=sources, targets=targets, classes=classes, task=task, groups=groups,
-                        splits=splits, root=base, name=name)
+
+def _split_column(records: list[dict], split_col: str, lines: list[int], where: str) -> dict[str, np.ndarray] | None:
+    """The splits named by the split column (train/val/test or their aliases; empty = none)."""
+    names = []
+    for i, r in enumerate(records):
+        v = str(r.get(split_col) or "").strip().lower()
+        if v and v not in SPLIT_ALIASES:
+            raise DataError(f"{where}: line {lines[i]} has split {v[:40]!r}; use train, val or test")
+        names.append(SPLIT_ALIASES.get(v, ""))
+    return _splits_from(names)
+
+
+def _label_targets(per_item: list[list[str]], multi: bool) -> tuple[list[str], np.ndarray, str]:
+    """``(classes, targets, task)`` from each row's label names: indices, or 0/1 rows when multi-label."""
+    classes = sorted({c for labs in per_item for c in labs})
+    index = {c: i for i, c in enumerate(classes)}
+    if multi:
+        targets = np.zeros((len(per_item), len(classes)), dtype=np.uint8)
+        for i, labs in enumerate(per_item):
+            targets[i, [index[c] for c in labs]] = 1
+        return classes, targets, "multilabel"
+    targets = np.array([index[labs[0]] if labs else UNLABELLED for labs in per_item], dtype=np.int64)
+    return classes, targets, "binary" if len(classes) == 2 else "multiclass"
+
+
+def _one_hot_targets(records: list[dict], classes: list[str], lines: list[int],
+                     where: str) -> tuple[list[str], np.ndarray, str]:
+    """``(classes, targets, "multilabel")`` from one-hot columns: every remaining column must hold 0/1."""
+    targets = np.zeros((len(records), len(classes)), dtype=np.uint8)
+    for i, r in enumerate(records):
+        for j, c in enumerate(classes):
+            v = str(r.get(c, "")).strip().lower()
+            if v in ("1", "1.0", "true", "yes"):
+                targets[i, j] = 1
+            elif v not in ("0", "0.0", "false", "no", ""):
+                raise DataError(f"{where}: line {lines[i]}, column {c!r} holds {v[:40]!r}; one-hot columns "
+                                "take 0/1 (or name the label column 'label' / 'labels')")
+    return classes, targets, "multilabel"
 
 
 def read_csv(path: str | os.PathLike, image_root: str | None = None, group_by: str | None = None) -> ImageDataset:
