@@ -6,22 +6,13 @@ Two rankings:
   over the whole set and within each class; an image's score is the larger of its two robust z-scores.
 * ``layers`` (the default, ``auto``, when the features are an EfficientNet-Lite backbone): the
   five detectors of ``layer_outlier_scores``, then ``refine_outlier_scores`` (``curate`` does both, and
-  leaves images it reports as blurry out of the ranking). Measured on cifar10-12k train with 50
-  injected natural-scene photos (bench/curate_eval.py, seed 0), the share of those scenes among the
-  100 top-ranked images is 0.20 with ``lof`` on the pooled embedding, 0.64 with the five detectors
-  and 0.80 refined (injection seeds 1 and 2: 0.78 and 0.82). Above the default limit ``lof`` (z > 4)
-  reports 256 images, 21 of them scenes; ``layers`` (score > 3.25) 83 images, 39 of them scenes
-  (unrefined, z > 4: 99 images, 32 scenes). ``layers`` costs one more backbone pass without flip
-  averaging (cached on disk like the embeddings) and has no per-class part.
-* Measured and not kept (scenes in the top 100): kNN label entropy/disagreement of the pooled
-  embedding <= 0.04 (the scenes' neighbours are label-consistent ships and aeroplanes: only 12-17%
-  of a scene's 10 nearest neighbours are other scenes, in every layer); PCA reconstruction error
-  <= 0.14; other layout statistics of the final map (energy centre/border, spatial spread) <= 0.10;
-  LOF on colour histograms 0.08, HOG 0.04, LBP 0.18; per-class LOF on the mid-layer statistics
-  0.24-0.40 alone but it pulls label flips into the list; adding any of those to the five detectors
-  of ``layers`` moved the result by at most +-0.04 (noise at 50 scenes), so none was added.
-"""
+  leaves images it reports as blurry out of the ranking). It finds far more out-of-distribution photos
+  than ``lof`` on the pooled embedding (docs/benchmarks.md, data curation), at the cost of one more
+  backbone pass without flip averaging (cached on disk like the embeddings), and has no per-class part.
 
+kNN label disagreement, PCA reconstruction error, further layout statistics and LOF on colour, HOG or
+LBP features add nothing beyond the five detectors, so none is used.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -105,23 +96,20 @@ def layer_outlier_scores(L: np.ndarray, channels: tuple[int, ...], seed: int = 0
 
     Why: an out-of-distribution photo (a landscape among objects) often shares its *semantics* with
     some class -- sea next to ships, sky next to aeroplanes -- so in the pooled last-layer embedding it
-    sits inside a dense region and LOF misses it (cifar10-12k + 50 scenes: median rank ~1,000, 20% in
-    the top 100). What gives it away is (1) its mid-level texture and part statistics, which the
+    sits inside a dense region and LOF misses it. What gives it away is (1) its mid-level texture and part statistics, which the
     classes do not share, and (2) its layout: class photos are object-centred, a scene looks the same
     in the middle as at the edges. Five complementary detectors, each turned into rank-based normal
     scores and combined (ranks need no calibration between detectors of different scales):
 
     * LOF (``n_neighbors``, on L2-normalised, PCA-64 vectors, as ``lof``) on the per-channel spatial
       standard deviation of the first used stage (texture contrast) and on the spatial means of the
-      next three stages (mid-level parts); measured alone on the bench: 0.16-0.38 of the scenes in the
-      top 100, together 0.48;
+      next three stages (mid-level parts);
     * the cosine similarity of the final feature map's centre (3 x 3 of 7 x 7) to its border ring:
-      high when the image has no central subject (0.20 alone; with the four LOFs 0.64).
+      high when the image has no central subject.
 
     ``score`` combines the detectors' rank-based normal scores with Stouffer's method (sum / sqrt(5)):
-    a standard-normal z-score if the detectors were independent; they are positively correlated (the
-    LOFs 0.35-0.67 on the bench), so the tail is heavier: z > 4 holds ~100 of 12,250 images there (32
-    of them the 50 scenes; a plain average of percentile ranks ranks alike, 0.62).
+    a standard-normal z-score if the detectors were independent; they are positively correlated, so
+    the tail is heavier than a normal one: read it as a ranking scale (``DEFAULT_Z`` is set on it), not a p-value.
     ``parts`` holds each detector's raw score (higher = more unusual).
     """
     L = np.asarray(L, dtype=np.float64)
@@ -152,10 +140,8 @@ def refine_outlier_scores(score: np.ndarray, X: np.ndarray, rounds: int = 3, top
     is on its own; the photos that come first share a direction in the feature space (their texture and
     part statistics) that no single detector weighs, and a linear model trained on them finds the ones
     ranked lower. ``eligible`` keeps images reported for a quality problem (blur, exposure, ...) out of
-    the positives, so the model learns unusual content rather than unusual quality. Measured on
-    bench/curate_eval.py (cifar10-12k + 50 natural-scene photos, injection seeds 0/1/2), scenes among the
-    top 100: 0.64/0.58/0.62 before, 0.80/0.78/0.82 after (30 positives, C = 0.03, 3 rounds); 20 or 40
-    positives, 1-5 rounds and adding the pooled embedding to ``X`` stayed within 0.75-0.81 on average."""
+    the positives, so the model learns unusual content rather than unusual quality. The ranking changes
+    little with the number of positives (``top``) or ``rounds`` (docs/benchmarks.md has the gain)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
