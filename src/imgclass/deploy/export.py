@@ -237,8 +237,8 @@ def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None, work
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantise the plain graph
             pre = src
         if mode == "dynamic":
-            # Matrix products only (ViT / MLP layers): ONNX Runtime's dynamic ConvInteger kernels measured
-            # 8x slower than fp32 on lite0 here and lost 30 points of accuracy; CNNs want --quantize int8.
+            # Matrix products only (ViT / MLP layers): ONNX Runtime's dynamic ConvInteger kernels are slower
+            # than fp32 and lose much accuracy on CNNs, which want --quantize int8.
             # DefaultTensorType: the type of tensors that shape inference cannot follow through ai.onnx.ml
             # operators (skl2onnx's classifiers of feature pipelines)
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
@@ -247,13 +247,12 @@ def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None, work
             if calibration is None or not len(calibration):
                 raise ConfigError("--quantize int8 needs calibration images: pass --calibration DATA (a few hundred "
                                   "training images)")
-            # Measured on lite0 (cifar10-12k, top-1 agreement with fp32 on 300 val images):
+            # Choices that keep int8 close to fp32:
             # * the ReLU6 (Clip) nodes must be in the quantised set, so that ONNX Runtime folds them into
             #   the convolution's output range; left out, each convolution's raw output (a wide range) is
-            #   quantised before the clip: 0.65 agreement;
-            # * CPUs without AVX-512 VNNI (this one has AVX2 only) compute uint8 x int8 products with
-            #   16-bit intermediate sums that saturate: 0.84; with 7-bit weights (reduce_range) 0.94.
-            #   uint8 weights avoid it (0.97) but run on slow kernels here (0.4x fp32 speed);
+            #   quantised before the clip and accuracy drops;
+            # * CPUs without AVX-512 VNNI compute uint8 x int8 products with 16-bit intermediate sums that
+            #   saturate, so weights keep 7 bits (reduce_range); uint8 weights avoid it but run on slow kernels;
             # * the input normalisation and the output temperature/softmax stay in float.
             quantize_static(str(pre), str(dst), CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=["Conv", "Clip", "Add", "MatMul", "Gemm"],

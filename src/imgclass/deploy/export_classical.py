@@ -88,7 +88,7 @@ def check_exportable(model) -> None:
 
     for est in _estimators(model.classifier_):
         if isinstance(est, KNeighborsClassifier) and est.weights != "uniform":
-            # skl2onnx converts it, but ignores the distance weights (measured: probabilities off by 0.08)
+            # skl2onnx converts it, but ignores the distance weights, so its probabilities would differ
             raise ConfigError(f"{where}: skl2onnx converts the {model.classifier_name} classifier (k-nearest "
                               "neighbours) only with uniform weights, and this one is distance-weighted; "
                               "export works with logreg, linsvm, svm, tree, rf or mlp")

@@ -52,8 +52,7 @@ class OnnxModel:
         self.method = meta.get("method")
         self.meta_: dict[str, Any] = {"onnx": str(self.file)}  # calibration is inside the graph
         # Decoding defaults to one background thread in this process, overlapping ONNX Runtime (which
-        # uses every core): on 2 cores that measured 122 img/s for lite0 at 128 px, the speed of a raw
-        # session on pre-decoded tensors, against 108 img/s with decoding worker processes competing.
+        # uses every core): decoding worker processes would compete with it for the cores.
         self.n_jobs = 1 if n_jobs is None else n_jobs
         self.max_pixels, self.batch_size = max_pixels, int(batch_size)
         self.errors_: list[tuple[str, str]] = []

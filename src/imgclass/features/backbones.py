@@ -145,7 +145,7 @@ def is_known_arch(name: str) -> bool:
 def default_view_size(img_size: int) -> int:
     """Self-supervised views at 3/4 of the input size (32 → 24): about half the cost per image, and objects in
     random resized crops look larger than in the whole image at test time anyway (FixRes, Touvron et al.
-    2019). Measured on CIFAR-10 12k with smallcnn: 24 px views train 2x faster than 32 px ones."""
+    2019)."""
     return max(8, int(round(img_size * 0.75 / 4)) * 4)
 
 
@@ -155,8 +155,8 @@ def fixres_size(view_size: int, crop_scale: float) -> int:
     ``view_size`` magnifies objects by ``1/sqrt(s)``, on average ``2 (1 - sqrt(c)) / (1 - c)`` (1.29 for
     c = 0.3), so whole images match what the network trained on at ``view_size`` times that; a multiple
     of 4. Views at 3/4 of the input size with the default crops give back the input size (12 px views of
-    16 px images → 16); lite0 adapted on 128 px views, crop scale 0.3 → 164. Measured on cifar10-12k val
-    after SCAN: k-means NMI 0.567 at 128 px, 0.583-0.598 at 160-168 px, 0.574 at 224 px."""
+    16 px images → 16); lite0 adapted on 128 px views, crop scale 0.3 → 164 (docs/benchmarks.md,
+    clustering, has the gain)."""
     c = float(crop_scale)
     mag = 1.0 if c >= 1 else 2 * (1 - math.sqrt(c)) / (1 - c)
     return max(8, int(round(view_size * mag / 4)) * 4)

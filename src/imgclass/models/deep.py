@@ -1,8 +1,8 @@
 """Deep classifiers trained end to end (``lite0``, ``resnet18@scratch``, ``smallcnn``).
 
 The estimator holds a timm ``nn.Module``; ``imgclass.training`` fits it. Prediction exports the
-network to ONNX once (cached by a hash of its weights) and runs ONNX Runtime, measured several
-times faster than torch eager on this CPU; ``engine="torch"`` keeps everything in torch.
+network to ONNX once (cached by a hash of its weights) and runs ONNX Runtime, which is faster than
+torch eager on CPU; ``engine="torch"`` keeps everything in torch.
 
 A bundle whose ONNX export is already cached predicts without importing torch or timm (about 5 s
 of start-up): the network is only built from ``weights.safetensors`` when something needs it.
