@@ -13,8 +13,8 @@ A backbone *name* may also be a folder written by ``imgclass pretrain`` (``runs/
 ``backbone.safetensors`` and ``backbone.json`` (architecture, input size, mean/std: timm's pretrained
 config travelling with the weights), and its own weights are the default source.
 
-Lives in ``features`` rather than ``models`` (as DESIGN.md first drew it) because frozen deep
-embeddings are a feature extractor and ``features`` may not import ``models``.
+Lives in ``features`` rather than ``models`` because frozen deep embeddings are a feature extractor
+and ``features`` may not import ``models``.
 """
 
 from __future__ import annotations

@@ -10,9 +10,8 @@
   - ``balanced-self-training``: class-balanced curriculum pseudo-labelling (``balanced_self_training``):
     each round every class takes the same number of its most probable unlabelled images, the share
     grows round by round up to ``threshold`` (here a share of the pool, default 0.6), and the
-    classifier is retrained from scratch on labels plus the current pseudo-labels. The best of the
-    three on CIFAR-10 12k with 25 labels per class (``bench/semi.py``, lite0+logreg): 0.710 against
-    0.679 for the labels alone; ``self-training`` 0.653, ``label-spreading`` 0.616 there.
+    classifier is retrained from scratch on labels plus the current pseudo-labels; balancing keeps
+    one easy class from taking over the pseudo-labels.
 - Deep models: ``fixmatch``, in the training engine (``TrainConfig.unlabeled_*``): pseudo-labels
   from weakly augmented unlabelled images above a confidence threshold train the predictions on
   strongly augmented versions of the same images (Sohn et al., 2020): RandAugment + Cutout
@@ -89,9 +88,8 @@ def balanced_self_training(new_classifier: Callable[[], Any], F_l: np.ndarray, y
     stays with its most probable one), and a fresh ``new_classifier()`` is trained on the labelled
     rows plus these pseudo-labels. Pseudo-labels are chosen again from scratch each round, so an early
     mistake can be undone, and equal quotas per class stop the frequent or easy classes from taking
-    over, the usual failure of confidence-threshold self-training (on CIFAR-10 lite0 embeddings with
-    25 labels per class, a 0.75 threshold admits few images of the hard classes and loses 2.6
-    points; these quotas gain 3.1).
+    over, the usual failure of confidence-threshold self-training (a fixed threshold admits few
+    images of the hard classes).
 
     The schedule follows curriculum labelling (Cascante-Bonilla et al., "Curriculum Labeling:
     Revisiting Pseudo-Labeling for Semi-Supervised Learning", AAAI 2021: percentile of the scores
