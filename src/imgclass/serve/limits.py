@@ -134,9 +134,9 @@ def return_large_blocks_to_the_os(threshold: int = 2**20) -> bool:
     """Make glibc serve every allocation of ``threshold`` bytes or more with its own mmap, unmapped when freed.
 
     By default glibc raises that threshold after the first large free, so decoded images then come from
-    per-thread arenas that keep the memory after the image is gone: with four decode threads, RSS grew by
-    up to four images' worth even though the budget let one decode at a time (1.73 GB against 1.31 GB
-    for twelve 40 MP uploads, bench/serve_fuzz.py). A no-op where the C library is not glibc."""
+    per-thread arenas that keep the memory after the image is gone: with four decode threads, RSS grows by
+    up to four images' worth even though the budget lets one decode at a time. A no-op where the C library
+    is not glibc."""
     import ctypes
     import ctypes.util
 

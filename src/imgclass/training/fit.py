@@ -77,11 +77,10 @@ def _check_class_counts(train: ImageDataset, val: ImageDataset | None, log) -> N
 def method_defaults(backbone: str | None, pretrained: str | None) -> dict[str, Any]:
     """Training defaults per kind of deep method (the user's options override them).
 
-    ``smallcnn``: 15 epochs of batch 128 reach 0.80+ on CIFAR-10 12k in about 8 minutes on 2 cores.
+    ``smallcnn``: 15 epochs of batch 128, a good model within minutes on a CPU.
     Pretrained backbones: one head-only epoch, then the last 3 blocks at 0.3x the head's LR, trained
-    on cached activations of the frozen blocks. On CIFAR-10 12k at 160 px that reached 0.903 where
-    full fine-tuning at 128 px reached 0.863 in the same time (bench/cifar_deep.py); ``--unfreeze all``
-    fine-tunes everything.
+    on cached activations of the frozen blocks, which beats full fine-tuning in the same time
+    (docs/benchmarks.md); ``--unfreeze all`` fine-tunes everything.
     """
     if backbone == "smallcnn":
         return {"epochs": 15, "batch_size": 128}
