@@ -23,7 +23,8 @@ One readable loop in the spirit of the CIFAR-10 speedruns; every speed trick is 
 
 The loss of a step comes from ``Trainer.compute_loss(batch)``: the task's loss (with FixMatch,
 ``training.fixmatch``, when unlabelled images are given) unless a ``loss_fn(net, batch)`` is passed or a
-subclass overrides it, so other objectives (self-supervised, distillation) reuse the whole step.
+subclass overrides it, so other objectives (self-supervised, distillation) reuse the whole step; a
+subclass may also choose an epoch's batches (``batches``) and how the EMA moves (``update_ema``).
 
 Checkpoints ``last.pt`` and ``best.pt`` are written atomically at the end of every epoch with the
 model, optimiser, scheduler, EMA and RNG states, so ``resume`` continues exactly, also after SIGKILL.
@@ -252,7 +253,7 @@ class Trainer:
         return torch.randperm(n, generator=self.g)
 
     def batches(self):
-        """This epoch's training batches (``Batch``), the same number on every rank."""
+        """This epoch's training batches (``Batch``), the same number on every rank (a subclass may pick others)."""
         order = self._epoch_order()
         bs = self.local_batch
         if self.streaming:  # (indices, decoded images)
@@ -312,7 +313,12 @@ class Trainer:
         self.scaler.update()
         self.sched.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.update_ema()
+
+    def update_ema(self) -> None:
+        """Move the EMA weights towards the model's after a step; subclasses override it to change the decay
+        as training goes (BYOL's target network)."""
+        self.ema.update(self.model)
 
     def _train_epoch(self, bar) -> float:
         """One pass over this rank's part of the training data; returns the mean loss over all ranks."""
@@ -327,6 +333,7 @@ class Trainer:
             total += loss.item() * len(batch)
             count += len(batch)
             bar.advance(len(batch) * self.dist.world)
+        bar.advance(max(0, len(self.train.x) - count * self.dist.world))  # items no batch took
         from .distributed import all_reduce_sum
 
         total, count = all_reduce_sum([total, count])

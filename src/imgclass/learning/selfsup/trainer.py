@@ -15,8 +15,10 @@ from .views import ViewAugment
 
 
 class SelfSupervisedTrainer(Trainer):
-    """The engine's ``Trainer`` with only the objective replaced (``_train_epoch``: views → loss) and no
-    validation score; optimiser, schedule, EMA (BYOL's target network), checkpoints and exact resume are the engine's."""
+    """The engine's ``Trainer`` with the objective in its loss hook (``compute_loss``: views → loss), its own
+    batches (``batches``: full ones, confident images for self-labelling), BYOL's rising EMA decay
+    (``update_ema``) and no validation score; the step, optimiser, schedule, checkpoints and exact resume
+    are the engine's."""
 
     def __init__(self, net, x, cfg: PretrainConfig, mean, std, ckpt_dir=None, log=lambda m: None,
                  on_epoch=None, tail=None):
@@ -191,39 +193,36 @@ class SelfSupervisedTrainer(Trainer):
             t = target(v)
         return byol_loss(p[:b], t[b:]) + byol_loss(p[b:], t[:b])
 
-    def _train_epoch(self, bar) -> float:
-        torch = self.torch
-        cfg = self.cfg
-        n = len(self.train.x)
-        order = torch.randperm(n, generator=self.g)
-        if self.ssl.method == "selflabel":  # only the confident images, picked again each epoch
+    def batches(self):
+        """This epoch's batches: a random order of all images (self-labelling: of the confident ones, picked
+        again each epoch), in full batches only; a last partial batch would bring fewer negatives and a
+        noisier loss."""
+        from ...training.engine import Batch
+
+        order = self.torch.randperm(len(self.train.x), generator=self.g)
+        if self.ssl.method == "selflabel":
             self.picked = self.relabel()
             self.log(f"self-labelling: {self.picked['confident']:.0%} of the images in "
                      f"{self.picked['clusters_used']:.0f} clusters" + (
                          f", {self.picked['confident_accuracy']:.3f} right under the best cluster-to-class "
                          "matching (labels not used)" if "confident_accuracy" in self.picked else ""))
             order = order[self.targets[order] >= 0]
-        self.model.train()
-        bs = min(cfg.batch_size, len(order))
-        total, count = 0.0, 0
-        for s in range(0, len(order) - bs + 1, bs):  # drop the last partial batch: fewer negatives, noisier loss
-            idx = order[s:s + bs]
-            loss = self._loss(self.train.x[idx], idx)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"the {self.ssl.method} loss became {loss.item()} at epoch {self.epoch + 1}; "
-                                  f"lower --lr{' (or raise --temperature)' if self.ssl.method == 'simclr' else ''}")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            self.sched.step()
-            if self.ema is not None:  # BYOL: tau rises from its start to 1 along a cosine
-                step = self.sched.last_epoch
-                self.ema.decay = 1 - (1 - self.ssl.tau) * (math.cos(math.pi * min(1.0, step / self.total_steps)) + 1) / 2
-                self.ema.update(self.model)
-            total += loss.item() * len(idx)
-            count += len(idx)
-            bar.advance(len(idx))
-        bar.advance(n - count)
-        return total / max(count, 1)
+            self._train_mode()  # relabel() evaluated the network
+        bs = min(self.cfg.batch_size, len(order))
+        for s in range(0, len(order) - bs + 1, bs):
+            yield Batch(self.train, order[s:s + bs])
+
+    def compute_loss(self, batch):
+        """The self-supervised objective on one batch (views drawn from ``self.g``); a non-finite loss stops
+        the run with advice rather than training on NaNs."""
+        loss = self._loss(batch.x, batch.idx)
+        if not self.torch.isfinite(loss):
+            raise ConfigError(f"the {self.ssl.method} loss became {loss.item()} at epoch {self.epoch + 1}; "
+                              f"lower --lr{' (or raise --temperature)' if self.ssl.method == 'simclr' else ''}")
+        return loss
+
+    def update_ema(self) -> None:
+        """BYOL's target network: tau rises from its start to 1 along a cosine over the run's steps."""
+        step = self.sched.last_epoch
+        self.ema.decay = 1 - (1 - self.ssl.tau) * (math.cos(math.pi * min(1.0, step / self.total_steps)) + 1) / 2
+        super().update_ema()
