@@ -142,7 +142,7 @@ def test_pseudo_label_threshold_is_read_on_the_label_smoothed_scale():
 def test_fixmatch_strong_view_draws_randaugment_and_cutout_per_image():
     import torch
 
-    from imgclass.training.augment import StrongView
+    from imgclass.transforms.augment import StrongView
 
     torch.manual_seed(0)
     view = StrongView(torch.Generator().manual_seed(0), hflip=False)

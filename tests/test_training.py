@@ -19,8 +19,8 @@ from conftest import write_colour_dataset
 import imgclass
 from imgclass.errors import ConfigError
 from imgclass.models import parse_spec
-from imgclass.training.augment import BatchAugment
 from imgclass.training.config import TrainConfig
+from imgclass.transforms.augment import BatchAugment
 
 FAST = {"epochs": 2, "batch_size": 16, "augment": "light", "lr": 3e-3}
 
@@ -330,8 +330,8 @@ def test_no_hflip_turns_off_flip_augmentation_cached_mirrors_and_flip_tta(tmp_pa
     mirror images, the bundle predicts without flip TTA and refuses --tta flip."""
     from imgclass.errors import ConfigError
     from imgclass.models.tta import predict_proba_tta
-    from imgclass.training.augment import BatchAugment
     from imgclass.training.frozen import ActivationCache
+    from imgclass.transforms.augment import BatchAugment
 
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
     aug = BatchAugment("light", torch.Generator().manual_seed(0), hflip=False)

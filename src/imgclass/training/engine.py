@@ -6,7 +6,7 @@ One readable loop in the spirit of the CIFAR-10 speedruns; every speed trick is 
   epoch costs only the network (small and medium datasets; see ``MAX_IN_MEMORY_BYTES``); larger data,
   and tar shards with ``stream``, are decoded batch by batch by DataLoader workers instead
   (``training.streaming``);
-- **batch augmentation on tensors** (``training.augment``): flips, translations and brightness/contrast
+- **batch augmentation on tensors** (``transforms.augment``): flips, translations and brightness/contrast
   jitter are applied to whole batches in the training process, with no per-image Python pipeline;
 - **channels-last** memory format for convolutions on CPU;
 - **one-cycle / cosine schedules with warmup**, label smoothing, optional mixup/cutmix, EMA of weights
@@ -41,7 +41,8 @@ from typing import Any
 
 from .._util import progress_bar
 from ..errors import ConfigError
-from .augment import BatchAugment, StrongView, mix_batch
+from ..transforms.augment import BatchAugment, StrongView
+from .augment import mix_batch
 from .checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .config import OPTIMIZERS, SCHEDULES, TrainConfig, TrainData
 from .ema import EMA

@@ -3,7 +3,7 @@ images become targets for a strong view of the same images, with distribution al
 
 from __future__ import annotations
 
-from .augment import BatchAugment, StrongView
+from ..transforms.augment import BatchAugment, StrongView
 from .config import TrainConfig, TrainData
 
 

@@ -5,9 +5,9 @@ chain of small callables on PIL images: resize (squash / pad / centre-crop), gra
 (Gaussian, median, Wiener) and histogram equalisation (global or CLAHE). The same chain feeds
 classical feature extractors and deep models, so a bundle reproduces its input pipeline exactly.
 
-Augmentation presets (``none|light|standard|strong``) are torchvision.transforms.v2 pipelines.
-torchvision is imported only when augmentation or tensors are asked for, which keeps it (and torch)
-out of the classical path and its worker processes.
+Augmentation lives in ``transforms.augment``: every preset once, as a callable on uint8 batch tensors
+seeded by an explicit ``torch.Generator``. It imports torch only when called, which keeps torch out of
+the classical path and its worker processes.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from ..errors import ConfigError
+from .augment import AUGMENT_PRESETS, RandomCorruption
 
 RESIZE_MODES = ("squash", "pad", "crop")
 DENOISE = ("none", "gaussian", "median", "wiener")
 EQUALIZE = ("none", "hist", "clahe")
-AUGMENT_PRESETS = ("none", "light", "standard", "strong", "corruptions")
 _INTERP = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
@@ -174,76 +174,5 @@ class Preprocess:
         """Apply the chain and return an ``HxWx3`` uint8 array."""
         return np.asarray(self(img))
 
-    def tensor_transform(self, augment: str = "none"):
-        """A torchvision v2 pipeline: this chain, an augmentation preset, then a normalised tensor."""
-        import torch
-        from torchvision.transforms import v2
 
-        mean = self.mean or (0.485, 0.456, 0.406)
-        std = self.std or (0.229, 0.224, 0.225)
-        size = _size_hw(self.size) if self.size is not None else None
-        return v2.Compose([*self.steps(), *augmentation(augment, size), v2.ToImage(),
-                           v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-
-
-def augmentation(preset: str, size: tuple[int, int] | None = None) -> list:
-    """torchvision v2 transforms for an augmentation preset (applied to PIL images).
-
-    - ``light``: horizontal flip.
-    - ``standard``: flip, ±10° rotation, zoom/crop (scale 0.8–1), brightness/contrast/saturation 0.2.
-    - ``strong``: flip, ±20° rotation, zoom/crop (scale 0.5–1), colour jitter 0.4 + hue, random
-      grayscale, and TrivialAugmentWide.
-    - ``corruptions``: ``standard`` plus, for half of the images, one ImageNet-C-style corruption
-      (``transforms.corruptions``) at severity 1-3, for robustness to noise, blur, compression and haze.
-    """
-    if preset not in AUGMENT_PRESETS:
-        raise ConfigError(f"--augment {preset!r}: choose one of {', '.join(AUGMENT_PRESETS)}")
-    if preset == "none":
-        return []
-    from torchvision.transforms import v2
-
-    ops: list = [v2.RandomHorizontalFlip()]
-    if preset == "light":
-        return ops
-    strong = preset == "strong"
-    ops.append(v2.RandomRotation(20 if strong else 10))
-    if size is not None:
-        ops.append(v2.RandomResizedCrop(size, scale=(0.5 if strong else 0.8, 1.0), antialias=True))
-    ops.append(v2.ColorJitter(brightness=0.4 if strong else 0.2, contrast=0.4 if strong else 0.2,
-                              saturation=0.4 if strong else 0.2, hue=0.05 if strong else 0.0))
-    if strong:
-        ops += [v2.RandomGrayscale(p=0.1), v2.TrivialAugmentWide()]
-    if preset == "corruptions":
-        ops.append(RandomCorruption())
-    return ops
-
-
-class RandomCorruption:
-    """With probability ``p``, one random corruption at a random severity up to ``max_severity``."""
-
-    def __init__(self, p: float = 0.5, max_severity: int = 3, seed: int | None = None):
-        self.p, self.max_severity = p, max_severity
-        self.rng = np.random.default_rng(seed)
-
-    def apply_array(self, arr: np.ndarray) -> np.ndarray:
-        from .corruptions import CORRUPTIONS, corrupt
-
-        if self.rng.random() >= self.p:
-            return arr
-        name = list(CORRUPTIONS)[int(self.rng.integers(len(CORRUPTIONS)))]
-        return corrupt(arr, name, int(self.rng.integers(1, self.max_severity + 1)), seed=int(self.rng.integers(2**31)))
-
-    def __call__(self, img):
-        return Image.fromarray(self.apply_array(np.asarray(img.convert("RGB"))))
-
-
-def build_augment(preset: str, size: int | tuple[int, int] | None = None):
-    """A callable applying an augmentation preset to a PIL image (returns a PIL image)."""
-    from torchvision.transforms import v2
-
-    ops = augmentation(preset, _size_hw(size) if size is not None else None)
-    return v2.Compose(ops) if ops else (lambda img: img)
-
-
-__all__ = ["AUGMENT_PRESETS", "Denoise", "Equalize", "Grayscale", "Preprocess", "RandomCorruption", "Resize", "augmentation",
-           "build_augment"]
+__all__ = ["AUGMENT_PRESETS", "Denoise", "Equalize", "Grayscale", "Preprocess", "RandomCorruption", "Resize"]

@@ -9,8 +9,8 @@ from pathlib import Path
 from ..._util import atomic_path
 from ...errors import ConfigError
 from ...features.backbones import pretrain_view_size
+from ...transforms.augment import ViewAugment
 from .config import CLUSTER_METHODS, PretrainConfig
-from .views import ViewAugment
 
 #: a run's view bank (``--unfreeze``), in its ``checkpoints/``; reused by ``--resume`` and by runs started from it
 BANK_FILE = "view_bank.safetensors"

@@ -9,9 +9,9 @@ import numpy as np
 from ...errors import ConfigError
 from ...features.backbones import pretrain_view_size
 from ...training.engine import TrainData, Trainer
+from ...transforms.augment import ViewAugment
 from .config import NEEDS_WEIGHTS, PretrainConfig
 from .losses import byol_loss, nt_xent, scan_loss
-from .views import ViewAugment
 
 
 class SelfSupervisedTrainer(Trainer):
