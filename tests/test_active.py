@@ -287,6 +287,7 @@ def test_api_errors_have_the_right_types(tmp_path, labelled, pool):
         suggest(labelled, labelled, budget=1, method=METHOD)
 
 
+@pytest.mark.subprocess
 def test_help_has_examples_and_stays_light():
     for argv in (["active", "--help"], ["active", "suggest", "--help"], ["active", "simulate", "--help"]):
         rc, out, _ = _run(argv)

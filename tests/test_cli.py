@@ -276,12 +276,14 @@ def test_data_check_text(pre_split_with_problems, capsys):
 CLI = [sys.executable, "-c", "from imgclass.cli import main; main()"]
 
 
+@pytest.mark.subprocess
 def test_subprocess_methods():
     proc = subprocess.run([*CLI, "methods"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "hog+svm" in proc.stdout
 
 
+@pytest.mark.subprocess
 def test_subprocess_error_exit_code(tmp_path):
     proc = subprocess.run([*CLI, "train", str(tmp_path / "missing")], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
@@ -292,12 +294,15 @@ def test_subprocess_error_exit_code(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.subprocess
 def test_subprocess_unknown_option():
     proc = subprocess.run([*CLI, "methods", "--bogus"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "No such option" in proc.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_console_script_predict(session):
     exe = Path(sys.executable).parent / "imgclass"
     if not exe.exists():

@@ -25,6 +25,8 @@ def _train(photos, out, *extra):
     return _run(["train", photos, "--method", "pixels+knn", "--jobs", "1", "--out", out, "--json", *extra])
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_trains_started_together_with_one_out_exactly_one_proceeds(photos, tmp_path):
     env = {**os.environ, "IMGCLASS_JOBS": "1", "IMGCLASS_PROGRESS": "0"}
     cmd = [sys.executable, "-m", "imgclass", "train", str(photos), "--method", "pixels+knn", "--jobs", "1",

@@ -45,6 +45,7 @@ def test_compare_errors(colour_folder, methods, kw, needle):
         imgclass.compare(colour_folder, methods, **kw)
 
 
+@pytest.mark.slow
 def test_compare_ranks_deep_and_classical_methods_together(tmp_path):
     from conftest import write_colour_dataset
 

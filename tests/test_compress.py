@@ -43,6 +43,7 @@ def _conv_linear_weights(bundle: Path) -> dict[str, torch.Tensor]:
             if k.endswith(".weight") and v.ndim in (2, 4)}
 
 
+@pytest.mark.slow
 def test_prune_reaches_the_sparsity_and_saves_a_normal_bundle(teachers, tmp_path):
     res = prune(teachers["cnn"], teachers["data"], amount=0.6, epochs=1, out=tmp_path / "pruned", n_jobs=1, **FAST)
     ws = _conv_linear_weights(res.bundle)
@@ -74,6 +75,7 @@ def test_structured_pruning_zeroes_whole_channels(teachers):
     assert res.after["zero_channels"] == res.after["conv_channels"] // 2
 
 
+@pytest.mark.slow
 def test_distill_a_classical_teacher_into_smallcnn(teachers, tmp_path):
     res = distill(teachers["px"], teachers["data"], student="smallcnn", epochs=4, img_size=SIZE, lr=3e-3,
                   out=tmp_path / "student", n_jobs=1, **FAST)
@@ -85,6 +87,7 @@ def test_distill_a_classical_teacher_into_smallcnn(teachers, tmp_path):
     assert np.isfinite(P).all()
 
 
+@pytest.mark.slow
 def test_cli_prune_then_predict_and_distill_a_deep_teacher(teachers, tmp_path):
     rc, out, err = _run(["prune", teachers["cnn"], teachers["data"], "--epochs", "1", "--batch-size", "8",
                          "--out", tmp_path / "p", "--json"])

@@ -74,6 +74,8 @@ def test_cv_cli_prints_mean_and_std(tmp_path, capsys):
     assert "3-fold cross-validation" in out and "±" in out and "accuracy" in out
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_killed_deep_cv_resumes_only_the_missing_folds(tmp_path):
     """A deep 3-fold CV is killed after fold 1 has finished; running it again skips fold 1."""
     data = write_colour_dataset(tmp_path / "d", n_per_class=16, size=16, seed=2)

@@ -97,6 +97,7 @@ def test_int8_needs_calibration_images(deep, tmp_path):
         export(bundle, out=tmp_path / "q.onnx", quantize_mode="int8")
 
 
+@pytest.mark.slow
 def test_multilabel_export_uses_sigmoid_and_thresholds(tmp_path):
     rng = np.random.default_rng(0)
     rows = ["path,labels"]

@@ -40,6 +40,7 @@ def data(tmp_path_factory):
     return write_colour_dataset(tmp_path_factory.mktemp("ddp") / "data", n_per_class=40, size=24, seed=3)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_train_only_rank0_writes_and_resume_matches(data, tmp_path):
     # the reference: 3 epochs on 2 processes, uninterrupted
     ref = _cli(["train", str(data), *OPTS, "--nproc", "2", "--out", str(tmp_path / "ref"), "--json"])
@@ -81,6 +82,7 @@ def test_ddp_two_processes_train_only_rank0_writes_and_resume_matches(data, tmp_
     assert meta["history"][-1]["val_accuracy"] == pytest.approx(ref_meta["history"][-1]["val_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sharded_prediction_merges_in_input_order(tmp_path, trained):
     model_dir, data_dir = trained["bundle"], trained["data"]
     one = tmp_path / "one.csv"
@@ -102,6 +104,7 @@ def test_sharded_prediction_merges_in_input_order(tmp_path, trained):
     assert half.read_text() == one.read_text()
 
 
+@pytest.mark.slow
 def test_bad_distributed_options_are_one_line_errors(data, tmp_path):
     code, _, err = run_cli(["train", str(data), "--nproc", "zero"])
     assert code == 2 and "--nproc zero" in err

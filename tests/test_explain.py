@@ -103,6 +103,7 @@ def squares(tmp_path_factory):
 
 
 # =========================================================================== deep CNN localisation
+@pytest.mark.slow
 def test_cnn_integrated_gradients_and_gradcam_point_at_the_square(squares):
     model = squares["cnn"]
     assert model.history_[-1]["val_accuracy"] >= 0.9  # the premise: it has learnt the task

@@ -119,6 +119,7 @@ def test_classifiers_grayscale_unseen_classes_and_temperature_match(case, data, 
     assert read_metadata(s["file"])["temperature"] == (None if case == "rf" else 1.7)
 
 
+@pytest.mark.slow
 def test_deep_backbone_plus_logreg_exports_its_backbone(data, tmp_path):
     # lite0 at 32 px (the packaged ImageNet weights; small so that the test is fast), flip-averaged embeddings
     model = FeaturePipeline(make_extractor("lite0", {"lite0": {"size": 32}}), "logreg").fit(data["ds"])

@@ -377,6 +377,7 @@ def _cli(*args, cwd):
                           cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_process_refuses_code_execution_with_exit_2(copy, base, tmp_path):
     marker = tmp_path / "pwned"
     evil = copy()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip, write_colour_dataset
 from PIL import Image
 
 import imgclass
+
+pytestmark = pytest.mark.browser
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -79,6 +82,7 @@ def check_report_in_browser(report: Path, screenshot: Path) -> list[dict]:
     return images
 
 
+@pytest.mark.slow
 def test_training_report_images_load_in_chromium(tmp_path):
     sync_playwright_or_skip()  # skip before training when the browser or playwright is missing
     data = write_colour_dataset(tmp_path / "data", n_per_class=12, size=20, seed=5, classes=NEAR_COLOURS)

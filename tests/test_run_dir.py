@@ -39,6 +39,7 @@ def test_second_claim_of_a_run_folder_is_refused_while_the_first_holds_it(tmp_pa
     RunDir.open(tmp_path / "r").release()  # free again once the first run ends
 
 
+@pytest.mark.subprocess
 def test_claim_from_another_process_is_refused(tmp_path):
     run = RunDir.create(tmp_path / "r")
     code = ("import sys; from imgclass.training.run import RunDir\n"

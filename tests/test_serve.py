@@ -591,6 +591,7 @@ def test_memory_budget_waits_in_order_and_times_out():
     asyncio.run(scenario())
 
 
+@pytest.mark.subprocess
 def test_multiprocess_metrics_report_every_worker(tmp_path):
     """Two processes count requests into one PROMETHEUS_MULTIPROC_DIR; a third reports their sum."""
     import subprocess

@@ -25,6 +25,8 @@ from PIL import Image
 
 import imgclass
 
+pytestmark = pytest.mark.browser
+
 KEY = "page-test-key"
 
 

@@ -186,6 +186,7 @@ def _still_serves(client, headers=None):
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(args=request_args())
 def test_random_requests_never_get_a_5xx(fuzz_apps, args):

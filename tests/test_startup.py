@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("torch", "torchvision", "sklearn", "skimage", "cv2", "matplotlib")
 
 SCRIPT = """
@@ -36,6 +38,7 @@ def test_command_help_does_not_import_heavy_libraries():
     assert res["loaded"] == []
 
 
+@pytest.mark.subprocess
 def test_import_imgclass_is_lazy():
     proc = subprocess.run(
         [sys.executable, "-c",

@@ -97,6 +97,7 @@ def test_unreadable_images_are_skipped_listed_and_the_quota_still_filled(tmp_pat
     assert {os.path.basename(p) for p in skipped} == bad
 
 
+@pytest.mark.slow
 def test_training_from_streamed_shards_learns_and_records_the_option(shards, tmp_path):
     kw = {"method": "smallcnn", "img_size": 16, "n_jobs": 1, "seed": 0}
     cfg = {"epochs": 6, "batch_size": 8, "lr": 5e-3, "augment": "light", "workers": 1}
@@ -124,6 +125,8 @@ def test_stream_options_are_one_line_errors(shards, tmp_path):
                                     "--out", str(tmp_path / "b")]), "--balance sampler", "--balance weights")
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_ddp_two_processes_stream_shards(shards, tmp_path):
     env = {**os.environ, "IMGCLASS_JOBS": "1", "IMGCLASS_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "imgclass", "train", str(shards["shards"]), "--method", "smallcnn",

@@ -550,6 +550,7 @@ def _write_skewed(root: Path, n_big: int, n_small: int, seed: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_balance_weights_changes_the_classical_model(tmp_path):
     data = _write_skewed(tmp_path / "data", 40, 8, seed=0)
     test = _write_skewed(tmp_path / "test", 20, 20, seed=7)
@@ -711,6 +712,7 @@ def test_deep_multilabel_uses_a_sigmoid_head_and_round_trips(multilabel, tmp_pat
         assert pred.labels and all(lab in ML_COLOURS for lab, _ in pred.labels)
 
 
+@pytest.mark.slow
 def test_deep_local_hierarchy_scores_every_node(hier, tmp_path):
     """--hierarchy local with a deep model: one output per taxonomy node, a softmax per sibling group;
     leaf probabilities sum to one, and the bundle reloads the node head."""

@@ -81,6 +81,7 @@ def test_batch_augment_rotates_and_zooms_about_the_centre():
         TrainConfig(scale=1.5)
 
 
+@pytest.mark.slow
 def test_smallcnn_trains_saves_and_reloads(tmp_path):
     data = write_colour_dataset(tmp_path / "data", n_per_class=16, size=32)
     model = imgclass.train(data, method="smallcnn", out=tmp_path / "run", val_split=0.25, train_config=FAST)
@@ -114,6 +115,7 @@ def _run_cli(args, env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted_run(tmp_path):
     data = write_colour_dataset(tmp_path / "data", n_per_class=60, size=32, seed=3)
     env = {**os.environ, "IMGCLASS_JOBS": "1", "IMGCLASS_PROGRESS": "0"}
@@ -236,6 +238,7 @@ def test_fine_tune_from_local_weights_head_first(tmp_path):
     assert Path(tmp_path / "run" / "model" / "weights.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_lr_find_suggests_a_learning_rate_and_plots(tmp_path, capsys):
     from imgclass.cli import main
     from imgclass.training.lr_find import suggest

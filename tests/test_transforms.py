@@ -117,6 +117,7 @@ def test_augment_presets_are_one_set():
         augment.BatchAugment("extreme", None)
 
 
+@pytest.mark.subprocess
 def test_import_transforms_does_not_import_torch():
     code = "import sys, imgclass.transforms, imgclass.transforms.augment; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
