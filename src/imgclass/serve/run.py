@@ -15,7 +15,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def url(host: str, port: int) -> str:
-    """The address a browser on this machine opens for ``host:port``."""
+    """The address a local browser opens for ``host:port``."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
