@@ -191,8 +191,3 @@ class Bench:
         path.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"saved {path}")
         return path
-
-
-def save(name: str, payload: dict) -> Path | None:
-    """bench/results/NAME.json for a script that does not use ``Bench`` (yet)."""
-    return Bench(name, None).save(payload)
